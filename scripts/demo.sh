@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The main job end to end: train -> evaluate -> predict -> plot.
+# Data: $GZMORPH_DATA, else data/galaxy-zoo, else a synthetic Kaggle-layout set made by `gzmorph synth`.
+set -euo pipefail
+DATA=${GZMORPH_DATA:-}
+if [ -z "$DATA" ] && [ -d data/galaxy-zoo ]; then DATA=data/galaxy-zoo; fi
+RUN=runs/demo
+if [ -z "$DATA" ]; then
+  DATA=runs/demo-data
+  echo "== no real data (set GZMORPH_DATA or put it in data/galaxy-zoo): making a synthetic set in $DATA"
+  gzmorph synth "$DATA" --n 1200 --n-test 100 --workers 2
+  TRAIN_ARGS=(--epochs 4)
+  SPLIT=valid   # synthetic data has no splits.csv, hence no test split
+else
+  echo "== using data in $DATA"
+  TRAIN_ARGS=(--epochs 2 --limit 1500)
+  SPLIT=test
+  [ -f "$DATA/splits.csv" ] || SPLIT=valid
+fi
+rm -rf "$RUN"
+MODEL=${GZMORPH_DEMO_MODEL:-seed-cnn}
+echo "== train $MODEL"
+gzmorph train --data "$DATA" --model "$MODEL" --out "$RUN" "${TRAIN_ARGS[@]}"
+echo "== evaluate on the $SPLIT split"
+gzmorph evaluate "$RUN" --data "$DATA" --split "$SPLIT"
+TEST_IMAGES="$DATA/images_test_rev1"
+echo "== predict $TEST_IMAGES"
+gzmorph predict "$RUN" "$TEST_IMAGES" -o "$RUN/submission.csv"
+echo "== plot"
+gzmorph plot "$RUN"
+echo
+echo "Done. Everything is in $RUN/:"
+echo "  config.json, best.safetensors, model.safetensors  the trained model and how it was made"
+echo "  metrics.csv, learning_curves.png                  per-epoch train/valid loss and RMSE"
+echo "  eval-$SPLIT.json, rmse_per_question_$SPLIT.png     RMSE overall and per question vs the train mean"
+echo "  submission.csv (+ .json)                          Kaggle-format predictions for $TEST_IMAGES"

@@ -1,0 +1,92 @@
+"""Batched, on-device augmentation: one random affine warp per image (rotation, flip, zoom, shift) + colour.
+
+Galaxy morphology does not depend on orientation, mirror image or (within limits) distance, so these transforms
+leave the labels unchanged. Everything is one ``grid_sample`` call on the whole batch, so it runs the same on CPU and
+GPU with no per-image Python.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import GzmorphError
+
+
+@dataclass(frozen=True)
+class Augment:
+    rotation: str = "none"  # "none" | "90" (multiples of 90 degrees: exact, no interpolation) | "any"
+    flip: bool = False  # mirror image with probability 1/2
+    shift: float = 0.0  # maximum shift, as a fraction of the image side, uniform in [-shift, shift] on each axis
+    zoom: float = 1.0  # maximum zoom factor: scale log-uniform in [1/zoom, zoom]
+    brightness: float = 0.0  # per-image, per-channel gain log-uniform in [exp(-b), exp(b)]
+
+    @property
+    def is_identity(self) -> bool:
+        return self == Augment()
+
+
+PRESETS: dict[str, Augment] = {
+    "none": Augment(),
+    # The report's Keras generator: flips, 90-degree rotations, small shifts and rescaling.
+    "report": Augment(rotation="90", flip=True, shift=0.05, zoom=1.1),
+    # Dieleman (2014): any angle, flips, log-uniform zoom 1/1.3..1.3, shifts of a few pixels, colour perturbation.
+    "strong": Augment(rotation="any", flip=True, shift=0.05, zoom=1.3, brightness=0.1),
+}
+
+
+def get_augment(name: str) -> Augment:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise GzmorphError(f"unknown augmentation {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def random_affine(n: int, aug: Augment, generator: torch.Generator | None = None,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """(n, 2, 3) matrices mapping output to input coordinates in [-1, 1] (``affine_grid``'s convention)."""
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(n, generator=generator) * (hi - lo) + lo
+
+    if aug.rotation == "any":
+        angle = uniform(0, 2 * math.pi)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+    elif aug.rotation == "90":  # exact 0/+-1 entries, so quarter turns move whole pixels
+        k = torch.randint(0, 4, (n,), generator=generator)
+        cos, sin = torch.tensor([1.0, 0.0, -1.0, 0.0])[k], torch.tensor([0.0, 1.0, 0.0, -1.0])[k]
+    elif aug.rotation == "none":
+        cos, sin = torch.ones(n), torch.zeros(n)
+    else:
+        raise GzmorphError(f"unknown rotation {aug.rotation!r}; use none, 90 or any")
+    scale = torch.exp(uniform(-math.log(aug.zoom), math.log(aug.zoom))) if aug.zoom > 1 else torch.ones(n)
+    mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if aug.flip else torch.ones(n)
+    # Sampling at coordinates divided by the scale enlarges the image by that scale.
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = cos * mirror / scale
+    theta[:, 0, 1] = -sin / scale
+    theta[:, 1, 0] = sin * mirror / scale
+    theta[:, 1, 1] = cos / scale
+    if aug.shift > 0:
+        theta[:, :, 2] = (torch.rand(n, 2, generator=generator) * 2 - 1) * (2 * aug.shift)
+    return theta.to(device)
+
+
+def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Augment a float batch (B, C, H, W). Pixels warped in from outside the image are filled by reflection."""
+    if aug.is_identity:
+        return x
+    n = x.shape[0]
+    theta = random_affine(n, aug, generator, x.device).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if aug.brightness > 0:
+        gain = torch.exp((torch.rand(n, x.shape[1], 1, 1, generator=generator) * 2 - 1) * aug.brightness)
+        out = out * gain.to(x.device, x.dtype)
+    return out
+
+
+def describe(aug: Augment) -> dict:
+    return asdict(aug)

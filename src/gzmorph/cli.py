@@ -1,0 +1,188 @@
+"""``gzmorph`` command line: train / evaluate / predict / plot / synth / models.
+
+Each subcommand only parses arguments and calls the library function of the same name; user errors
+(:class:`GzmorphError`) print one line and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import GzmorphError
+
+log = logging.getLogger("gzmorph")
+
+
+def _model_options(args: argparse.Namespace) -> dict:
+    opts = {}
+    if getattr(args, "freeze_layers", None) is not None:
+        opts["freeze_layers"] = args.freeze_layers
+    return opts
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig
+    from .training import train
+
+    if args.resume:
+        cfg = TrainConfig(data="", out=args.resume, epochs=args.epochs)
+        run = train(cfg, resume=True, progress=not args.quiet)
+    else:
+        if not args.data:
+            raise GzmorphError("train needs --data DIR (a Kaggle-layout folder), or --resume RUN")
+        cfg = TrainConfig(
+            data=args.data, out=args.out, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+            lr=args.lr, weight_decay=args.weight_decay, loss=args.loss, head=args.head, augment=args.augment,
+            model_options=_model_options(args), pretrained=args.pretrained, seed=args.seed, limit=args.limit,
+            valid_fraction=args.valid_fraction, use_partial=not args.no_partial, skip_bad=args.skip_bad,
+            device=args.device, threads=args.threads, workers=args.workers, cache_dir=args.cache_dir)
+        run = train(cfg, progress=not args.quiet)
+    print(f"run folder: {run}  (metrics.csv, best.safetensors, model.safetensors, config.json)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate, format_report
+
+    result = evaluate(args.run, args.data, args.split, which=args.weights, limit=args.limit,
+                      batch_size=args.batch_size, device=args.device, skip_bad=args.skip_bad,
+                      cache_dir=args.cache_dir, workers=args.workers, progress=not args.quiet)
+    print(format_report(result))
+    print(f"wrote {Path(args.run) / ('eval-' + args.split + '.json')}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .prediction import predict
+
+    s = predict(args.run, args.images, args.output, which=args.weights, batch_size=args.batch_size,
+                workers=args.workers, device=args.device, skip_bad=args.skip_bad, progress=not args.quiet)
+    print(f"wrote {s.out}: {s.n_predicted} galaxies in {s.seconds:.1f} s ({s.images_per_second:.0f} img/s)"
+          + (f"; skipped {len(s.skipped)} unreadable image(s), listed in {s.out}.json" if s.skipped else ""))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_run
+
+    for path in plot_run(args.run, out_dir=args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import make_synthetic
+
+    out = make_synthetic(args.dir, args.n, n_test=args.n_test, seed=args.seed, workers=args.workers)
+    print(f"wrote a synthetic Kaggle-layout data set of {args.n} galaxies to {out}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import MODELS
+
+    for name in sorted(MODELS):
+        spec = MODELS[name]
+        print(f"{name:16s} crop {spec.crop:3d} -> {spec.size:3d} px  {spec.description}")
+        print(f"{'':16s} recipe: {json.dumps(spec.defaults)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="gzmorph", description="Galaxy Zoo morphology from galaxy images.")
+    p.add_argument("--version", action="version", version=f"gzmorph {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, data=True):
+        sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
+        sp.add_argument("--workers", type=int, default=None, help="JPEG-decoding processes (default: all cores)")
+        sp.add_argument("--skip-bad", action="store_true",
+                        help="leave out missing/unreadable images (counted and logged) instead of stopping")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        if data:
+            sp.add_argument("--cache-dir", default=None,
+                            help="decoded-image cache (default: $GZMORPH_CACHE or ~/.cache/gzmorph)")
+
+    t = sub.add_parser("train", help="train a model on a Kaggle-layout folder")
+    t.add_argument("--data", help="Kaggle-layout folder")
+    t.add_argument("--model", default="seed-cnn", help="model name (see `gzmorph models`)")
+    t.add_argument("--out", default="runs/run", help="run folder to create (default: runs/run)")
+    t.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN (other options ignored "
+                                                   "except --epochs)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--loss", choices=["bce", "mse"])
+    t.add_argument("--head", choices=["sigmoid", "tree", "tree-relu"])
+    t.add_argument("--augment", choices=["none", "report", "strong"])
+    t.add_argument("--pretrained", help="weights file or URL ('imagenet' for torchvision's ResNet-50)")
+    t.add_argument("--freeze-layers", type=int, help="seed-resnet50: freeze the first N Keras layers (report: 143)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--limit", type=int, help="at most N galaxies per split")
+    t.add_argument("--valid-fraction", type=float, default=0.1, help="without splits.csv (default 0.1)")
+    t.add_argument("--no-partial", action="store_true", help="ignore training_solutions_partial.csv")
+    t.add_argument("--threads", type=int, help="torch CPU threads")
+    common(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="RMSE of a run on a labelled split, beside the train-mean baseline")
+    e.add_argument("run")
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    e.add_argument("--weights", default="best", help="best, last, or a .safetensors file")
+    e.add_argument("--limit", type=int)
+    e.add_argument("--batch-size", type=int, default=256)
+    common(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="predict a folder of images into a Kaggle submission CSV")
+    pr.add_argument("run")
+    pr.add_argument("images", help="folder of images, one image, or a .txt list of image paths")
+    pr.add_argument("-o", "--output", default="submission.csv")
+    pr.add_argument("--weights", default="best")
+    pr.add_argument("--batch-size", type=int, default=256)
+    common(pr, data=False)
+    pr.set_defaults(func=cmd_predict)
+
+    pl = sub.add_parser("plot", help="learning curves and per-question RMSE of a run (PNG)")
+    pl.add_argument("run")
+    pl.add_argument("--out", help="folder for the PNGs (default: the run folder)")
+    pl.set_defaults(func=cmd_plot)
+
+    s = sub.add_parser("synth", help="write a synthetic Kaggle-layout data set (for demos and tests)")
+    s.add_argument("dir")
+    s.add_argument("--n", type=int, default=1000, help="labelled galaxies (default 1000)")
+    s.add_argument("--n-test", type=int, help="unlabelled galaxies (default n/10)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=1)
+    s.set_defaults(func=cmd_synth)
+
+    m = sub.add_parser("models", help="list the models and their recipes")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except GzmorphError as e:
+        print(f"gzmorph: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gzmorph: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""RMSE (the Kaggle metric) overall and per question, and the masked training losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import tree
+
+
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean loss over the known answers only (partially labelled galaxies train the questions they have)."""
+    m = mask.to(pred.dtype)
+    if kind == "mse":
+        per = (pred - target) ** 2
+    elif kind == "bce":
+        # Soft-target binary cross-entropy per output, as Keras' binary_crossentropy on sigmoid outputs.
+        p = pred.float().clamp(1e-7, 1 - 1e-7)
+        per = F.binary_cross_entropy(p, target.float(), reduction="none").to(pred.dtype)
+    else:
+        raise ValueError(f"unknown loss {kind!r}")
+    return (per * m).sum() / m.sum().clamp_min(1)
+
+
+def rmse(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Kaggle's score: root of the mean squared error over all (known) galaxy x answer cells."""
+    err = (np.asarray(pred, np.float64) - np.asarray(target, np.float64)) ** 2
+    if mask is None:
+        return float(np.sqrt(err.mean()))
+    n = mask.sum()
+    return float(np.sqrt((err * mask).sum() / n)) if n else float("nan")
+
+
+def rmse_per_question(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
+    """RMSE over each question's answer columns, keyed "Q1".."Q11"."""
+    out = {}
+    for q in tree.QUESTIONS:
+        m = None if mask is None else mask[:, q.slice]
+        out[f"Q{q.number}"] = rmse(pred[:, q.slice], target[:, q.slice], m)
+    return out
+
+
+def report(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    return {"rmse": rmse(pred, target, mask), "per_question": rmse_per_question(pred, target, mask)}

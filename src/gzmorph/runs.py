@@ -1,0 +1,229 @@
+"""A run folder: its files, checkpoint writing and loading (safetensors only: loading never unpickles code).
+
+    RUN/config.json          TrainConfig + gzmorph version (what made the run)
+    RUN/checkpoint.safetensors  model + optimizer tensors, epoch and metrics history in its metadata (for --resume)
+    RUN/model.safetensors    weights after the last finished epoch
+    RUN/best.safetensors     weights of the epoch with the lowest valid RMSE (used by evaluate/predict)
+    RUN/metrics.csv          one row per epoch
+    RUN/train_mean.json      per-answer train mean: the baseline every evaluation is compared with
+
+The checkpoint is the single source of truth and is written atomically; the other weight files and metrics.csv are
+derived from it, so a run killed at any moment resumes exactly where its last checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .config import TrainConfig
+from .errors import GzmorphError
+from .fsio import atomic_write, atomic_write_json, atomic_write_text
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.safetensors"
+LAST = "model.safetensors"
+BEST = "best.safetensors"
+METRICS = "metrics.csv"
+TRAIN_MEAN = "train_mean.json"
+METRIC_FIELDS = ("epoch", "train_loss", "train_rmse", "valid_loss", "valid_rmse", "lr", "seconds")
+
+
+def _tensors(module_state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    return {prefix + k: v.detach().to("cpu").contiguous().clone() for k, v in module_state.items()}
+
+
+def save_weights(path: Path, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
+    tensors = _tensors(model.state_dict())
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata or {}))
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file. Anything else (a pickle, a truncated file) is refused."""
+    if not path.is_file():
+        raise GzmorphError(f"{path}: file not found")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    # A safetensors file starts with the little-endian length of its JSON header; a pickle starts with 0x80.
+    if len(head) < 8 or head[:1] == b"\x80" or head[:2] == b"PK":
+        raise GzmorphError(f"{path}: not a safetensors file (pickled/zip checkpoints are refused: loading them "
+                           f"could run code)")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(str(path)), metadata
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise GzmorphError(f"{path}: damaged or incomplete safetensors file ({e})") from None
+
+
+def load_weights(path: Path, model: nn.Module) -> dict[str, str]:
+    tensors, metadata = read_safetensors(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in tensors]
+    unexpected = [k for k in tensors if k not in own]
+    wrong = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise GzmorphError(f"{path}: weights do not fit this model (missing {missing[:3]}, unexpected "
+                           f"{unexpected[:3]}, wrong shape {wrong[:3]})")
+    model.load_state_dict(tensors)
+    return metadata
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoint = model + optimizer + progress, in one atomically written safetensors file
+# ----------------------------------------------------------------------------------------------------------------
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, pstate in state["state"].items():
+        for name, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{name}"] = value.detach().to("cpu").contiguous().clone()
+            else:
+                scalars[f"{pid}.{name}"] = value
+    groups = [{k: v for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], info: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for key, value in info["scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+
+
+@dataclass
+class Progress:
+    """What a checkpoint records besides tensors."""
+
+    epoch: int  # epochs finished
+    best_rmse: float  # lowest valid RMSE so far (inf before any)
+    best_epoch: int
+    history: list[dict[str, float]]  # metrics rows, one per finished epoch
+
+
+def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
+    tensors = _tensors(model.state_dict(), "model.")
+    opt_tensors, opt_info = _optimizer_tensors(optimizer)
+    tensors.update(opt_tensors)
+    metadata = {"gzmorph_version": __version__, "optimizer": json.dumps(opt_info),
+                "progress": json.dumps(progress.__dict__)}
+    atomic_write(run / CHECKPOINT, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> Progress:
+    tensors, metadata = read_safetensors(run / CHECKPOINT)
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(model_state)
+        if optimizer is not None:
+            _restore_optimizer(optimizer, tensors, json.loads(metadata["optimizer"]))
+        return Progress(**json.loads(metadata["progress"]))
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise GzmorphError(f"{run / CHECKPOINT}: checkpoint does not match this run's model ({e})") from None
+
+
+def write_metrics(run: Path, history: list[dict[str, float]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: row.get(k, "") for k in METRIC_FIELDS})
+    atomic_write_text(run / METRICS, buf.getvalue())
+
+
+def read_metrics(run: Path) -> list[dict[str, float]]:
+    path = Path(run) / METRICS
+    if not path.is_file():
+        raise GzmorphError(f"{path}: no metrics yet (has the run finished an epoch?)")
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def write_config(run: Path, cfg: TrainConfig) -> None:
+    atomic_write_json(run / CONFIG, {"gzmorph_version": __version__, "train": cfg.to_dict()})
+
+
+def read_config(run: Path) -> TrainConfig:
+    path = Path(run) / CONFIG
+    if not path.is_file():
+        raise GzmorphError(f"{run}: not a gzmorph run folder (no {CONFIG}); pass the --out folder of "
+                           f"`gzmorph train`")
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text())["train"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise GzmorphError(f"{path}: unreadable run config ({e})") from None
+
+
+def write_train_mean(run: Path, mean: np.ndarray) -> None:
+    from . import tree
+
+    atomic_write_json(run / TRAIN_MEAN, dict(zip(tree.COLUMNS, map(float, mean))))
+
+
+def read_train_mean(run: Path) -> np.ndarray:
+    from . import tree
+
+    d = json.loads((Path(run) / TRAIN_MEAN).read_text())
+    return np.array([d[c] for c in tree.COLUMNS], np.float32)
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready for inference, with what is needed to prepare its images."""
+
+    model: nn.Module
+    config: TrainConfig
+    weights: Path
+    sha256: str
+
+    @property
+    def prep(self):
+        from .images import Preprocess
+        from .models import get_spec
+
+        spec = get_spec(self.config.model)
+        return Preprocess(spec.crop, spec.size)
+
+
+def load_model(run: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedModel:
+    """The model of a run folder: ``which`` = "best" (lowest valid RMSE), "last", or a path to a .safetensors."""
+    from .models import create_model
+
+    run = Path(run)
+    cfg = read_config(run)
+    path = Path(which) if which not in ("best", "last") else run / (BEST if which == "best" else LAST)
+    if which == "best" and not path.exists():
+        path = run / LAST
+    model = create_model(cfg.model, head=cfg.head, **cfg.model_options)
+    load_weights(path, model)
+    model.to(device).eval()
+    return LoadedModel(model, cfg, path, file_sha256(path))

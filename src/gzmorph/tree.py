@@ -1,0 +1,190 @@
+"""The Galaxy Zoo 2 decision tree as the Kaggle challenge encoded it.
+
+This module is the ONLY place that knows the 37-column layout. Everything else asks it for column names,
+question slices, parents, the consistency check and the tree-normalising maths.
+
+Kaggle's encoding (see the competition's "decision tree" page and benanne/kaggle-galaxies):
+each answer's vote fraction is multiplied by the value of the answer that led to its question, so a
+question's answers sum to its parent answer's value. Two quirks worth remembering:
+
+* Q1 (smooth / features / star) is the root: its answers sum to 1.
+* Q6 ("anything odd?") is asked of every galaxy in GZ2, but in the Kaggle file it is weighted by 1, not
+  by the answers that reach it, so it also sums to 1 and hangs from nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+N_OUTPUTS = 37
+
+# Kaggle's file is rounded to 6 decimals; its worst tree-sum error is ~2e-6. We allow 0.01 so that hand-made or
+# re-exported catalogues (fewer decimals) pass, while a row that is really inconsistent (a misplaced column,
+# unweighted fractions) is caught: those errors are of order 0.1 or more.
+DEFAULT_SUM_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class Answer:
+    question: int  # 1..11
+    number: int  # 1-based within its question
+    text: str
+    index: int  # position among the 37 outputs
+
+    @property
+    def column(self) -> str:
+        return f"Class{self.question}.{self.number}"
+
+
+@dataclass(frozen=True)
+class Question:
+    number: int  # 1..11
+    text: str
+    answers: tuple[Answer, ...]
+    parent: str | None  # column of the answer that leads here; None for the questions weighted by 1
+
+    @property
+    def start(self) -> int:
+        return self.answers[0].index
+
+    @property
+    def stop(self) -> int:
+        return self.answers[-1].index + 1
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.start, self.stop)
+
+    @property
+    def columns(self) -> list[str]:
+        return [a.column for a in self.answers]
+
+
+# (question text, answer texts, parent answer column). Order = Kaggle column order.
+_SPEC: list[tuple[str, list[str], str | None]] = [
+    ("Is the galaxy simply smooth and rounded, with no sign of a disk?",
+     ["Smooth", "Features or disk", "Star or artifact"], None),
+    ("Could this be a disk viewed edge-on?", ["Yes", "No"], "Class1.2"),
+    ("Is there a sign of a bar feature through the centre of the galaxy?", ["Bar", "No bar"], "Class2.2"),
+    ("Is there any sign of a spiral arm pattern?", ["Spiral", "No spiral"], "Class2.2"),
+    ("How prominent is the central bulge, compared with the rest of the galaxy?",
+     ["No bulge", "Just noticeable", "Obvious", "Dominant"], "Class2.2"),
+    # Q6 is weighted by 1 in the Kaggle file (every galaxy is asked it), so no parent here.
+    ("Is there anything odd?", ["Yes", "No"], None),
+    ("How rounded is it?", ["Completely round", "In between", "Cigar-shaped"], "Class1.1"),
+    ("Is the odd feature a ring, or is the galaxy disturbed or irregular?",
+     ["Ring", "Lens or arc", "Disturbed", "Irregular", "Other", "Merger", "Dust lane"], "Class6.1"),
+    ("Does the galaxy have a bulge at its centre? If so, what shape?", ["Rounded", "Boxy", "No bulge"], "Class2.1"),
+    ("How tightly wound do the spiral arms appear?", ["Tight", "Medium", "Loose"], "Class4.1"),
+    ("How many spiral arms are there?", ["1", "2", "3", "4", "More than four", "Can't tell"], "Class4.1"),
+]
+
+
+def _build() -> tuple[tuple[Question, ...], tuple[Answer, ...]]:
+    questions, answers = [], []
+    for qi, (text, answer_texts, parent) in enumerate(_SPEC, start=1):
+        qa = tuple(Answer(qi, ai, t, len(answers) + ai - 1) for ai, t in enumerate(answer_texts, start=1))
+        answers.extend(qa)
+        questions.append(Question(qi, text, qa, parent))
+    return tuple(questions), tuple(answers)
+
+
+QUESTIONS, ANSWERS = _build()
+COLUMNS: tuple[str, ...] = tuple(a.column for a in ANSWERS)
+COLUMN_INDEX: dict[str, int] = {c: i for i, c in enumerate(COLUMNS)}
+assert len(COLUMNS) == N_OUTPUTS
+
+# For each question, the index of its parent answer (-1: weighted by 1).
+PARENT_INDEX: tuple[int, ...] = tuple(-1 if q.parent is None else COLUMN_INDEX[q.parent] for q in QUESTIONS)
+
+# An order in which every question comes after the question owning its parent answer.
+_QUESTION_OF_COLUMN = {a.column: a.question for a in ANSWERS}
+
+
+def _topological_order() -> tuple[int, ...]:
+    done: list[int] = []
+    pending = list(range(len(QUESTIONS)))
+    while pending:
+        for qi in list(pending):
+            parent = QUESTIONS[qi].parent
+            if parent is None or _QUESTION_OF_COLUMN[parent] - 1 in done:
+                done.append(qi)
+                pending.remove(qi)
+    return tuple(done)
+
+
+TOPOLOGICAL_ORDER = _topological_order()
+
+
+def question(number: int) -> Question:
+    return QUESTIONS[number - 1]
+
+
+def question_of(column: str) -> Question:
+    return QUESTIONS[_QUESTION_OF_COLUMN[column] - 1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tree-consistent outputs
+# --------------------------------------------------------------------------------------------------------------
+
+def normalise(scores: torch.Tensor, mode: str = "softmax", eps: float = 1e-12) -> torch.Tensor:
+    """Turn 37 raw scores per galaxy into outputs that satisfy every tree sum.
+
+    Per question, the answers become a distribution (softmax of the scores, or Dieleman's ReLU-then-divide), which
+    is then multiplied by the parent answer's (already weighted) value. Shape (..., 37) in and out.
+    """
+    if scores.shape[-1] != N_OUTPUTS:
+        raise ValueError(f"expected {N_OUTPUTS} scores in the last dimension, got {scores.shape[-1]}")
+    parts: list[torch.Tensor | None] = [None] * len(QUESTIONS)
+    for qi in TOPOLOGICAL_ORDER:
+        q = QUESTIONS[qi]
+        s = scores[..., q.slice]
+        if mode == "softmax":
+            p = torch.softmax(s.float(), dim=-1).to(scores.dtype)
+        elif mode == "relu":
+            r = torch.relu(s)
+            p = r / (r.sum(dim=-1, keepdim=True) + eps)
+        else:
+            raise ValueError(f"unknown normalisation mode {mode!r}; use 'softmax' or 'relu'")
+        parent = PARENT_INDEX[qi]
+        if parent >= 0:
+            pq = _QUESTION_OF_COLUMN[COLUMNS[parent]] - 1
+            owner = QUESTIONS[pq]
+            p = p * parts[pq][..., parent - owner.start: parent - owner.start + 1]
+        parts[qi] = p
+    return torch.cat(parts, dim=-1)  # questions are stored in column order, so this is the Kaggle layout
+
+
+def question_sums(values: np.ndarray) -> np.ndarray:
+    """(N, 37) -> (N, 11): the sum of each question's answers."""
+    return np.stack([values[:, q.slice].sum(axis=1) for q in QUESTIONS], axis=1)
+
+
+def expected_sums(values: np.ndarray) -> np.ndarray:
+    """(N, 37) -> (N, 11): what each question's answers should sum to (1, or the parent answer's value)."""
+    cols = [np.ones(len(values)) if p < 0 else values[:, p] for p in PARENT_INDEX]
+    return np.stack(cols, axis=1)
+
+
+def tree_violations(values: np.ndarray, mask: np.ndarray | None = None,
+                    tolerance: float = DEFAULT_SUM_TOLERANCE) -> np.ndarray:
+    """(N, 11) boolean: True where a question's answers do not sum to their parent's value within ``tolerance``.
+
+    Questions with any unknown (masked) answer, or whose parent is unknown, are not checked.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    bad = np.abs(question_sums(values) - expected_sums(values)) > tolerance
+    if mask is not None:
+        known = np.stack([mask[:, q.slice].all(axis=1) for q in QUESTIONS], axis=1)
+        parent_known = np.stack([np.ones(len(values), bool) if p < 0 else mask[:, p] for p in PARENT_INDEX], axis=1)
+        bad &= known & parent_known
+    return bad
+
+
+def columns_of(questions: Sequence[int]) -> list[str]:
+    return [c for n in questions for c in question(n).columns]
