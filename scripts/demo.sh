@@ -9,23 +9,23 @@ if [ -z "$DATA" ]; then
   DATA=runs/demo-data
   echo "== no real data (set GZMORPH_DATA or put it in data/galaxy-zoo): making a synthetic set in $DATA"
   gzmorph synth "$DATA" --n 1200 --n-test 100 --workers 2
-  TRAIN_ARGS=(--epochs 4)
+  TRAIN_ARGS=(--epochs 8)
   SPLIT=valid   # synthetic data has no splits.csv, hence no test split
 else
   echo "== using data in $DATA"
-  TRAIN_ARGS=(--epochs 2 --limit 1500)
+  TRAIN_ARGS=(--epochs 3 --limit 2000)
   SPLIT=test
   [ -f "$DATA/splits.csv" ] || SPLIT=valid
 fi
 rm -rf "$RUN"
-MODEL=${GZMORPH_DEMO_MODEL:-seed-cnn}
+MODEL=${GZMORPH_DEMO_MODEL:-gznet}  # the default model; GZMORPH_DEMO_MODEL=seed-cnn for the report's CNN
 echo "== train $MODEL"
 gzmorph train --data "$DATA" --model "$MODEL" --out "$RUN" "${TRAIN_ARGS[@]}"
 echo "== evaluate on the $SPLIT split"
-gzmorph evaluate "$RUN" --data "$DATA" --split "$SPLIT"
+gzmorph evaluate "$RUN" --data "$DATA" --split "$SPLIT" --tta 8
 TEST_IMAGES="$DATA/images_test_rev1"
 echo "== predict $TEST_IMAGES"
-gzmorph predict "$RUN" "$TEST_IMAGES" -o "$RUN/submission.csv"
+gzmorph predict "$RUN" "$TEST_IMAGES" -o "$RUN/submission.csv" --tta 8
 echo "== plot"
 gzmorph plot "$RUN"
 echo

@@ -41,6 +41,13 @@ def test_registered_model_contract(name):
         ((out - target) ** 2).mean().backward()
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         assert trainable
+        # One plain SGD step first: a residual branch whose last BN starts at zero (zero-init residual) passes no
+        # gradient to its earlier layers until that BN has moved. After one step every parameter must learn.
+        with torch.no_grad():
+            for _, p in trainable:
+                p -= 0.1 * p.grad
+                p.grad = None
+        ((model(x) - target) ** 2).mean().backward()
         for n, p in trainable:
             assert p.grad is not None, n
             assert torch.isfinite(p.grad).all(), n

@@ -124,3 +124,101 @@ def test_api_names_stay_functions_after_every_module_is_imported():
         importlib.import_module(mod.name)
     for name in ("train", "evaluate", "predict", "plot", "load_model", "synth"):
         assert callable(getattr(gzmorph, name)), name
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    from gzmorph.training import learning_rate
+
+    cfg = gzmorph.TrainConfig(data="", model="gznet", epochs=4, lr=0.01, schedule="cosine", warmup_epochs=1).resolved()
+    lrs = [learning_rate(cfg, step, 10) for step in range(40)]
+    assert lrs[0] == pytest.approx(0.001) and lrs[9] == pytest.approx(0.01)  # linear warm-up over epoch 1
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # then never rises
+    assert lrs[-1] < 0.0002
+    constant = gzmorph.TrainConfig(data="", model="seed-cnn", lr=0.003).resolved()
+    assert {learning_rate(constant, s, 10) for s in range(100)} == {0.003}
+
+
+def test_resume_with_schedule_and_weight_average_is_bitwise_identical(synthetic_data, tmp_path, monkeypatch):
+    kw = dict(model="gznet", epochs=3, augment="strong", schedule="cosine", warmup_epochs=1, ema=0.9,
+              weight_decay=1e-3, model_options={"widths": [8, 16], "depths": [1, 1]})
+    straight = gzmorph.train(_cfg(synthetic_data, tmp_path / "a", **kw), progress=False)
+
+    # The same run, killed right after its epoch-1 checkpoint, then resumed.
+    real_write = runs.write_metrics
+
+    def killed_after_epoch_1(run, history):
+        real_write(run, history)
+        if len(history) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "write_metrics", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        gzmorph.train(_cfg(synthetic_data, tmp_path / "b", **kw), progress=False)
+    monkeypatch.setattr(runs, "write_metrics", real_write)
+    assert len(runs.read_metrics(tmp_path / "b")) == 1
+    resumed = gzmorph.train(gzmorph.TrainConfig(data="", out=str(tmp_path / "b")), resume=True, progress=False)
+
+    for name in (runs.LAST, runs.BEST, runs.CHECKPOINT):
+        wa, wb = load_file(straight / name), load_file(resumed / name)
+        assert wa.keys() == wb.keys()
+        assert any(k.startswith("ema.") for k in wa) or name != runs.CHECKPOINT
+        for k in wa:
+            assert (wa[k] == wb[k]).all(), (name, k)
+    drop_time = [{k: v for k, v in r.items() if k != "seconds"} for r in runs.read_metrics(straight)]
+    assert drop_time == [{k: v for k, v in r.items() if k != "seconds"} for r in runs.read_metrics(resumed)]
+
+
+def test_early_stopping_ends_the_run_and_resume_respects_it(synthetic_data, tmp_path):
+    # At lr 1e-9 the weights hardly move (only BatchNorm statistics drift): the run must stop `patience` epochs after
+    # its best valid RMSE instead of running all 6 epochs.
+    cfg = _cfg(synthetic_data, tmp_path / "r", model="gznet", epochs=6, lr=1e-9, patience=2, ema=0.0,
+               model_options={"widths": [8], "depths": [1]})
+    run = gzmorph.train(cfg, progress=False)
+    rows = runs.read_metrics(run)
+    best = min(range(len(rows)), key=lambda i: rows[i]["valid_rmse"])
+    assert len(rows) < 6 and len(rows) == best + 1 + 2
+    gzmorph.train(gzmorph.TrainConfig(data="", out=str(run)), resume=True, progress=False)
+    assert len(runs.read_metrics(run)) == len(rows)  # nothing more to do
+
+
+def test_weight_average_is_what_gets_saved(synthetic_data, tmp_path):
+    from gzmorph.models import create_model
+    from gzmorph.training import WeightAverage
+
+    torch_model = create_model("gznet", widths=[8], depths=[1])
+    avg = WeightAverage(torch_model, 0.5)
+    import torch
+
+    with torch.no_grad():
+        for p in torch_model.parameters():
+            p.add_(1.0)
+    before = {k: v.clone() for k, v in avg.model.state_dict().items()}
+    avg.update(torch_model)  # decay min(0.5, 2/11): moves 9/11 of the way
+    for k, v in avg.model.state_dict().items():
+        if v.dtype.is_floating_point and "running" not in k:
+            live = torch_model.state_dict()[k]
+            assert torch.allclose(v, before[k] + (live - before[k]) * (9 / 11), atol=1e-6), k
+    run = gzmorph.train(_cfg(synthetic_data, tmp_path / "r", model="gznet", ema=0.9,
+                             model_options={"widths": [8], "depths": [1]}), progress=False)
+    saved, ckpt = load_file(run / runs.LAST), load_file(run / runs.CHECKPOINT)
+    assert all(torch.equal(saved[k], ckpt["ema." + k]) for k in saved)
+    assert not all(torch.equal(saved[k], ckpt["model." + k]) for k in saved)
+
+
+def test_cli_default_model_options_and_tta(synthetic_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synthetic_data), "--epochs", "1", "--limit", "64", "--out", str(run), "-q",
+                 "--option", "widths=[8,16]", "--option", "depths=[1,1]", "--ema", "0.9", "--patience", "3",
+                 "--workers", "1"]) == 0
+    cfg = json.loads((run / "config.json").read_text())["train"]
+    assert cfg["model"] == "gznet" and cfg["model_options"] == {"widths": [8, 16], "depths": [1, 1]}
+    assert cfg["ema"] == 0.9 and cfg["patience"] == 3 and cfg["schedule"] == "cosine"
+    assert main(["evaluate", str(run), "--data", str(synthetic_data), "--split", "valid", "--tta", "8", "-q"]) == 0
+    assert "TTA over 8 views" in capsys.readouterr().out
+    assert json.loads((run / "eval-valid.json").read_text())["tta"] == 8
+    assert main(["train", "--data", str(synthetic_data), "--out", str(tmp_path / "x"), "--option", "widths"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert main(["train", "--data", str(synthetic_data), "--out", str(tmp_path / "y"), "--option", "colour=1"]) == 2
+    assert "does not take option" in capsys.readouterr().err
+    assert main(["models"]) == 0
+    assert "options: widths, depths" in capsys.readouterr().out

@@ -1,8 +1,8 @@
 """gzmorph: Galaxy Zoo morphology (the Kaggle Galaxy Challenge's 37 vote fractions) from galaxy images.
 
     import gzmorph
-    run = gzmorph.train(gzmorph.TrainConfig(data="data/galaxy-zoo", model="seed-cnn", epochs=10, out="runs/cnn"))
-    print(gzmorph.evaluate(run, "data/galaxy-zoo", split="test")["rmse"])
+    run = gzmorph.train(gzmorph.TrainConfig(data="data/galaxy-zoo", model="gznet", out="runs/gz"))
+    print(gzmorph.evaluate(run, "data/galaxy-zoo", split="test", tta=8)["rmse"])
     gzmorph.predict(run, "data/galaxy-zoo/images_test_rev1", "submission.csv")
     gzmorph.plot(run)
 """

@@ -18,7 +18,16 @@ log = logging.getLogger("gzmorph")
 
 
 def _model_options(args: argparse.Namespace) -> dict:
+    """``--option KEY=VALUE`` pairs (VALUE read as JSON when it parses, else as text) plus the named shortcuts."""
     opts = {}
+    for item in args.option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise GzmorphError(f"--option {item!r}: expected KEY=VALUE, e.g. --option widths=[32,64,128,256]")
+        try:
+            opts[key.strip()] = json.loads(value)
+        except ValueError:
+            opts[key.strip()] = value
     if getattr(args, "freeze_layers", None) is not None:
         opts["freeze_layers"] = args.freeze_layers
     return opts
@@ -36,7 +45,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise GzmorphError("train needs --data DIR (a Kaggle-layout folder), or --resume RUN")
         cfg = TrainConfig(
             data=args.data, out=args.out, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-            lr=args.lr, weight_decay=args.weight_decay, loss=args.loss, head=args.head, augment=args.augment,
+            lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+            ema=args.ema, patience=args.patience, loss=args.loss, head=args.head, augment=args.augment,
             model_options=_model_options(args), pretrained=args.pretrained, seed=args.seed, limit=args.limit,
             valid_fraction=args.valid_fraction, use_partial=not args.no_partial, skip_bad=args.skip_bad,
             device=args.device, threads=args.threads, workers=args.workers, cache_dir=args.cache_dir)
@@ -49,7 +59,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, format_report
 
     result = evaluate(args.run, args.data, args.split, which=args.weights, limit=args.limit,
-                      batch_size=args.batch_size, device=args.device, skip_bad=args.skip_bad,
+                      batch_size=args.batch_size, device=args.device, skip_bad=args.skip_bad, tta=args.tta,
                       cache_dir=args.cache_dir, workers=args.workers, progress=not args.quiet)
     print(format_report(result))
     print(f"wrote {Path(args.run) / ('eval-' + args.split + '.json')}")
@@ -59,7 +69,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .prediction import predict
 
-    s = predict(args.run, args.images, args.output, which=args.weights, batch_size=args.batch_size,
+    s = predict(args.run, args.images, args.output, which=args.weights, batch_size=args.batch_size, tta=args.tta,
                 workers=args.workers, device=args.device, skip_bad=args.skip_bad, progress=not args.quiet)
     print(f"wrote {s.out}: {s.n_predicted} galaxies in {s.seconds:.1f} s ({s.images_per_second:.0f} img/s)"
           + (f"; skipped {len(s.skipped)} unreadable image(s), listed in {s.out}.json" if s.skipped else ""))
@@ -89,6 +99,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         spec = MODELS[name]
         print(f"{name:16s} crop {spec.crop:3d} -> {spec.size:3d} px  {spec.description}")
         print(f"{'':16s} recipe: {json.dumps(spec.defaults)}")
+        if spec.options:
+            print(f"{'':16s} options: {', '.join(spec.options)}")
     return 0
 
 
@@ -112,19 +124,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model on a Kaggle-layout folder")
     t.add_argument("--data", help="Kaggle-layout folder")
-    t.add_argument("--model", default="seed-cnn", help="model name (see `gzmorph models`)")
+    t.add_argument("--model", default="gznet", help="model name (see `gzmorph models`; default gznet)")
     t.add_argument("--out", default="runs/run", help="run folder to create (default: runs/run)")
     t.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN (other options ignored "
                                                    "except --epochs)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
-    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--weight-decay", type=float, help="AdamW decoupled weight decay (0: plain Adam)")
+    t.add_argument("--schedule", choices=["constant", "cosine"], help="learning-rate schedule")
+    t.add_argument("--warmup-epochs", type=float, help="linear warm-up before the cosine decay")
+    t.add_argument("--ema", type=float, help="weight-averaging decay, e.g. 0.999 (0: off)")
+    t.add_argument("--patience", type=int, help="stop after N epochs without a better valid RMSE")
     t.add_argument("--loss", choices=["bce", "mse"])
     t.add_argument("--head", choices=["sigmoid", "tree", "tree-relu"])
     t.add_argument("--augment", choices=["none", "report", "strong"])
     t.add_argument("--pretrained", help="weights file or URL ('imagenet' for torchvision's ResNet-50)")
     t.add_argument("--freeze-layers", type=int, help="seed-resnet50: freeze the first N Keras layers (report: 143)")
+    t.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a model option (see `gzmorph models`), e.g. --option widths=[32,64,128,256]; repeatable")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=int, help="at most N galaxies per split")
     t.add_argument("--valid-fraction", type=float, default=0.1, help="without splits.csv (default 0.1)")
@@ -140,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", default="best", help="best, last, or a .safetensors file")
     e.add_argument("--limit", type=int)
     e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
+                   help="average over this many rotated/flipped views (test-time augmentation)")
     common(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -149,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", default="submission.csv")
     pr.add_argument("--weights", default="best")
     pr.add_argument("--batch-size", type=int, default=256)
+    pr.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
+                    help="average over this many rotated/flipped views (test-time augmentation)")
     common(pr, data=False)
     pr.set_defaults(func=cmd_predict)
 

@@ -16,11 +16,16 @@ from .errors import GzmorphError
 class TrainConfig:
     data: str  # Kaggle-layout folder (images_training_rev1/, training_solutions_rev1.csv, optional splits.csv)
     out: str = "runs/run"  # run folder: config, checkpoints, metrics
-    model: str = "seed-cnn"  # a name from `gzmorph models`
+    model: str = "gznet"  # a name from `gzmorph models`; gznet is the default, seed-cnn the report's CNN
     epochs: int | None = None  # passes over the training split; None: the model's recipe
     batch_size: int | None = None  # None: the model's recipe
-    lr: float | None = None  # Adam learning rate; None: the model's recipe
-    weight_decay: float = 0.0  # AdamW-style decoupled decay; 0 = plain Adam as in the report
+    lr: float | None = None  # peak Adam learning rate; None: the model's recipe
+    weight_decay: float | None = None  # AdamW's decoupled decay; 0 = plain Adam as in the report; None: recipe
+    schedule: str | None = None  # "constant" (the report) or "cosine" (linear warm-up, cosine decay to 0); None: recipe
+    warmup_epochs: float | None = None  # linear warm-up length for "cosine" (large lr on random weights diverges)
+    ema: float | None = None  # decay of an exponential moving average of the weights, evaluated and saved instead
+    #                           of the raw weights (smooths the last noisy steps); 0 = off; None: recipe
+    patience: int | None = None  # stop after this many epochs without a better valid RMSE; None = never stop early
     loss: str | None = None  # "bce" (the report) or "mse" (the Kaggle metric is RMSE); None: the model's recipe
     head: str | None = None  # "sigmoid" | "tree" | "tree-relu"; None: the model's recipe
     augment: str | None = None  # "none" | "report" | "strong"; None: the model's recipe
@@ -41,7 +46,8 @@ class TrainConfig:
         from .models import get_spec
 
         spec = get_spec(self.model)
-        base = {"epochs": 10, "batch_size": 32, "lr": 1e-3, "loss": "mse", "head": "tree", "augment": "none"}
+        base = {"epochs": 10, "batch_size": 32, "lr": 1e-3, "loss": "mse", "head": "tree", "augment": "none",
+                "weight_decay": 0.0, "schedule": "constant", "warmup_epochs": 0.0, "ema": 0.0}
         base.update(spec.defaults)
         filled = {k: (getattr(self, k) if getattr(self, k) is not None else base[k]) for k in base}
         cfg = replace(self, **filled)
@@ -56,6 +62,14 @@ class TrainConfig:
             raise GzmorphError(f"--loss must be bce or mse, got {self.loss!r}")
         if self.head not in HEADS:
             raise GzmorphError(f"--head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise GzmorphError(f"--schedule must be constant or cosine, got {self.schedule!r}")
+        if not 0 <= self.ema < 1:
+            raise GzmorphError(f"--ema must be in [0, 1) (0 = off; 0.999 is typical), got {self.ema}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise GzmorphError("--weight-decay and --warmup-epochs must not be negative")
+        if self.patience is not None and self.patience < 1:
+            raise GzmorphError(f"--patience must be at least 1 epoch, got {self.patience}")
         if self.augment not in PRESETS:
             raise GzmorphError(f"--augment must be one of {', '.join(PRESETS)}, got {self.augment!r}")
         for name in ("epochs", "batch_size"):

@@ -13,13 +13,14 @@ from . import runs, tree
 from .data import load_labelled
 from .fsio import atomic_write_json
 from .metrics import report
-from .training import pick_device, predict_array
+from .inference import pick_device, predict_array
 
 log = logging.getLogger("gzmorph")
 
 
 def evaluate(run: str | Path, data: str | Path, split: str = "test", *, which: str = "best",
              limit: int | None = None, batch_size: int = 256, device: str = "auto", skip_bad: bool = False,
+             tta: int = 1,
              cache_dir: str | None = None, workers: int | None = None, write: bool = True,
              progress: bool = True) -> dict:
     """Evaluate ``run`` on ``split`` of the Kaggle-layout folder ``data``; writes RUN/eval-<split>.json."""
@@ -32,12 +33,12 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", *, which: s
                              progress=progress)[split]
     cat = labelled.catalogue
     started = time.perf_counter()
-    pred = predict_array(loaded.model, labelled.pixels, batch_size, dev)
+    pred = predict_array(loaded.model, labelled.pixels, batch_size, dev, tta=tta)
     seconds = time.perf_counter() - started
     baseline = np.broadcast_to(runs.read_train_mean(run), pred.shape)
     result = {
         "run": str(run), "model": cfg.model, "weights": loaded.weights.name, "weights_sha256": loaded.sha256,
-        "data": str(data), "split": split, "n_galaxies": int(len(cat)),
+        "data": str(data), "split": split, "n_galaxies": int(len(cat)), "tta": tta,
         **report(pred, cat.labels, cat.mask),
         "baseline": {"name": "train-mean", **report(baseline, cat.labels, cat.mask)},
         "tree_violations": int(tree.tree_violations(pred, tolerance=1e-3).any(axis=1).sum()),
@@ -49,7 +50,8 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", *, which: s
 
 
 def format_report(result: dict) -> str:
-    lines = [f"{result['model']} on {result['split']} ({result['n_galaxies']} galaxies)",
+    tta = f", TTA over {result['tta']} views" if result.get("tta", 1) > 1 else ""
+    lines = [f"{result['model']} on {result['split']} ({result['n_galaxies']} galaxies{tta})",
              f"{'':6s} {'model':>8s} {'mean':>8s}  question",
              f"{'all':6s} {result['rmse']:8.4f} {result['baseline']['rmse']:8.4f}  RMSE over all 37 answers"]
     for q in tree.QUESTIONS:

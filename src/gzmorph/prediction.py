@@ -23,7 +23,7 @@ from .catalogue import ID_COLUMN
 from .errors import GzmorphError
 from .fsio import atomic_write, atomic_write_json
 from .images import BadImage, Preprocess, decode, list_images
-from .training import pick_device, predict_array
+from .inference import pick_device, predict_array
 
 log = logging.getLogger("gzmorph")
 
@@ -99,7 +99,7 @@ def galaxy_id(path: Path) -> str:
 
 def predict(run: str | Path, images: str | Path, out: str | Path = "submission.csv", *, which: str = "best",
             batch_size: int = 256, workers: int | None = None, device: str = "auto", skip_bad: bool = False,
-            progress: bool = True) -> PredictionSummary:
+            tta: int = 1, progress: bool = True) -> PredictionSummary:
     """Predict every image in ``images`` (folder, image or list file) with ``run``; write the Kaggle CSV ``out``.
 
     Unreadable images stop the job with the file named, or with ``skip_bad`` are left out, counted and listed in
@@ -130,7 +130,7 @@ def predict(run: str | Path, images: str | Path, out: str | Path = "submission.c
                     log.warning("skipping %s: %s", p, why)
                     skipped.append((str(p), why))
                 if len(good):
-                    pred = np.clip(predict_array(loaded.model, pixels, batch_size, dev), 0.0, 1.0)
+                    pred = np.clip(predict_array(loaded.model, pixels, batch_size, dev, tta=tta), 0.0, 1.0)
                     rows = (galaxy_id(p) + "," + ",".join(f"{v:.6f}" for v in row) for p, row in zip(good, pred))
                     f.write("\n".join(rows) + "\n")
                     n += len(good)
@@ -142,7 +142,7 @@ def predict(run: str | Path, images: str | Path, out: str | Path = "submission.c
     atomic_write_json(Path(f"{out}.json"), {
         "csv": str(out), "run": str(run), "weights": str(loaded.weights), "weights_sha256": loaded.sha256,
         "gzmorph_version": __version__, "torch_version": torch.__version__, "n_predicted": n,
-        "n_skipped": len(skipped), "skipped": [{"path": p, "why": w} for p, w in skipped],
+        "tta": tta, "n_skipped": len(skipped), "skipped": [{"path": p, "why": w} for p, w in skipped],
         "seconds": summary.seconds})
     if n == 0:
         raise GzmorphError(f"none of the {len(paths)} images could be read; nothing was predicted")

@@ -128,24 +128,33 @@ class Progress:
     best_rmse: float  # lowest valid RMSE so far (inf before any)
     best_epoch: int
     history: list[dict[str, float]]  # metrics rows, one per finished epoch
+    stopped_early: bool = False  # early stopping (patience) ended the run before its last epoch
 
 
-def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
+def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress,
+                    average=None) -> None:
+    """``average``: the run's :class:`gzmorph.training.WeightAverage`, if it keeps one."""
     tensors = _tensors(model.state_dict(), "model.")
     opt_tensors, opt_info = _optimizer_tensors(optimizer)
     tensors.update(opt_tensors)
+    if average is not None:
+        tensors.update(_tensors(average.model.state_dict(), "ema."))
     metadata = {"gzmorph_version": __version__, "optimizer": json.dumps(opt_info),
-                "progress": json.dumps(progress.__dict__)}
+                "progress": json.dumps(progress.__dict__),
+                "ema_updates": str(average.updates if average is not None else 0)}
     atomic_write(run / CHECKPOINT, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def load_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> Progress:
+def load_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, average=None) -> Progress:
     tensors, metadata = read_safetensors(run / CHECKPOINT)
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(model_state)
         if optimizer is not None:
             _restore_optimizer(optimizer, tensors, json.loads(metadata["optimizer"]))
+        if average is not None:
+            average.model.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
+            average.updates = int(metadata["ema_updates"])
         return Progress(**json.loads(metadata["progress"]))
     except (KeyError, ValueError, RuntimeError) as e:
         raise GzmorphError(f"{run / CHECKPOINT}: checkpoint does not match this run's model ({e})") from None

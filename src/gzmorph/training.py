@@ -6,6 +6,8 @@ a run resumed from its epoch-``e`` checkpoint continues exactly as the uninterru
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import math
 import os
@@ -23,6 +25,7 @@ from .data import LabelledImages, describe, load_labelled, masked_mean
 from .errors import GzmorphError
 from .fsio import ensure_writable_dir
 from .images import Preprocess
+from .inference import pick_device, predict_array
 from .loader import batch_indices, to_input
 from .metrics import masked_loss, rmse
 from .models import create_model, get_spec
@@ -30,26 +33,46 @@ from .models import create_model, get_spec
 log = logging.getLogger("gzmorph")
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GzmorphError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
-    return torch.device(name)
-
-
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63)
 
 
-@torch.no_grad()
-def predict_array(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = 256,
-                  device: torch.device | str = "cpu") -> np.ndarray:
-    """(N, S, S, 3) uint8 -> (N, 37) float32 predictions, in order."""
-    model.eval()
-    out = [model(to_input(pixels[idx], device)).float().cpu().numpy()
-           for idx in batch_indices(len(pixels), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, 37), np.float32)
+def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate at optimizer step ``step`` (0-based): a pure function of the step, so a resumed run follows
+    the same schedule with no scheduler state to save."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights and buffers (evaluated and saved instead of the raw weights).
+
+    The decay ramps up from 0 (``min(decay, (1 + t) / (10 + t))``) so that the average does not drag the random
+    initial weights along for thousands of steps in a short run.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, live in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if avg.dtype.is_floating_point:
+                avg.lerp_(live, 1 - d)
+            else:  # BatchNorm's step counters
+                avg.copy_(live)
 
 
 def _evaluate_split(model, data: LabelledImages, loss_kind: str, batch_size: int, device) -> tuple[float, float]:
@@ -95,9 +118,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.weight_decay \
         else torch.optim.Adam(params, lr=cfg.lr)
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
 
     if resume:
-        state = runs.load_checkpoint(run, model, optimizer)
+        state = runs.load_checkpoint(run, model, optimizer, average)
+        if state.stopped_early:
+            log.info("%s stopped early after epoch %d (no better valid RMSE for %d epochs); nothing to resume",
+                     run, state.epoch, cfg.patience)
+            return run
         log.info("resuming %s after epoch %d of %d", run, state.epoch, cfg.epochs)
     else:
         state = runs.Progress(epoch=0, best_rmse=math.inf, best_epoch=0, history=[])
@@ -108,6 +136,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     labels = torch.from_numpy(train_set.catalogue.labels)
     mask = torch.from_numpy(train_set.catalogue.mask)
     n_batches = math.ceil(len(train_set) / cfg.batch_size)
+    channels_last = device.type == "cuda"  # tensor cores want NHWC; on CPUs oneDNN picks its own layout
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    # bf16 autocast where it pays (CUDA); CPU runs stay fp32 so that they are bitwise reproducible.
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     from tqdm.auto import tqdm
 
     for epoch in range(state.epoch, cfg.epochs):
@@ -120,17 +153,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         loss_sum = sq_sum = known = 0.0
         bar = tqdm(batch_indices(len(train_set), cfg.batch_size, rng), total=n_batches, unit="batch",
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or None, leave=False)
-        for idx in bar:
-            x = augment_batch(to_input(train_set.pixels[idx], device), aug, gen)
+        for step, idx in enumerate(bar, start=epoch * n_batches):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, step, n_batches)
+            x = augment_batch(to_input(train_set.pixels[idx], device, channels_last), aug, gen)
             y, m = labels[idx].to(device), mask[idx].to(device)
-            pred = model(x)
-            loss = masked_loss(pred, y, m, cfg.loss)
+            with autocast:
+                pred = model(x)
+            loss = masked_loss(pred.float(), y, m, cfg.loss)
             if not torch.isfinite(loss):
                 raise GzmorphError(f"training diverged: the loss became {loss.item()} in epoch {epoch + 1}; the "
                                    f"last good checkpoint is kept. Try a lower --lr (now {cfg.lr})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average is not None:
+                average.update(model)
             with torch.no_grad():
                 mf = m.float()
                 loss_sum += loss.item() * mf.sum().item()
@@ -138,7 +176,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
                 known += mf.sum().item()
             bar.set_postfix(loss=f"{loss.item():.4f}")
         bar.close()
-        valid_loss, valid_rmse = _evaluate_split(model, valid_set, cfg.loss, max(256, cfg.batch_size), device)
+        scored = average.model if average is not None else model  # what evaluate/predict will load
+        valid_loss, valid_rmse = _evaluate_split(scored, valid_set, cfg.loss, max(256, cfg.batch_size), device)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / known, "train_rmse": math.sqrt(sq_sum / known),
                "valid_loss": valid_loss, "valid_rmse": valid_rmse, "lr": optimizer.param_groups[0]["lr"],
                "seconds": time.perf_counter() - started}
@@ -148,12 +187,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         if valid_rmse < state.best_rmse:
             state.best_rmse, state.best_epoch = valid_rmse, epoch + 1
             # Written before the checkpoint: if killed in between, the resumed epoch rewrites it identically.
-            runs.save_weights(run / runs.BEST, model, meta)
-        runs.save_checkpoint(run, model, optimizer, state)
-        runs.save_weights(run / runs.LAST, model, meta)
+            runs.save_weights(run / runs.BEST, scored, meta)
+        if cfg.patience and state.epoch - state.best_epoch >= cfg.patience and state.epoch < cfg.epochs:
+            state.stopped_early = True
+        runs.save_checkpoint(run, model, optimizer, state, average)
+        runs.save_weights(run / runs.LAST, scored, meta)
         runs.write_metrics(run, state.history)
         log.info("epoch %d/%d  train loss %.4f  train RMSE %.4f  valid RMSE %.4f  (%.0f s)", epoch + 1, cfg.epochs,
                  row["train_loss"], row["train_rmse"], valid_rmse, row["seconds"])
+        if state.stopped_early:
+            log.info("stopping early: no better valid RMSE for %d epochs (best %.4f at epoch %d)", cfg.patience,
+                     state.best_rmse, state.best_epoch)
+            break
     if state.epoch >= cfg.epochs:
         runs.write_metrics(run, state.history)
     return run

@@ -329,3 +329,36 @@ class SeedResNet50(ResNet):
 def seed_resnet50(head: str = "sigmoid", freeze_layers: int = 0) -> SeedResNet50:
     # The report's Keras Cropping2D(69) on its 212 px images keeps 212 - 2 * 69 = 74 px: crop 148 of 424, size 74.
     return SeedResNet50(head=head, size=74, freeze_layers=freeze_layers)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# resnet50: the same network, set up to train well from scratch
+# --------------------------------------------------------------------------------------------------------------
+
+class ResNet50Tree(ResNet):
+    """ResNet-50 with what makes it train from scratch on a few thousand galaxies: the central 192 px at 96 px (the
+    whole galaxy, not the report's 148 px), residual branches that start at zero, global average pooling (12x fewer
+    head weights than the report's flatten, and no dependence on where a feature sits), dropout, and the tree head.
+    The backbone keeps torchvision's names, so ``--pretrained`` still works."""
+
+    def __init__(self, head: str = "tree", dropout: float = 0.2):
+        super().__init__(RESNET50_BLOCKS, zero_init_residual=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.head_fc = nn.Linear(self.out_channels, 37)
+        nn.init.normal_(self.head_fc.weight, std=0.01)
+        nn.init.zeros_(self.head_fc.bias)
+        self.head = OutputHead(head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_fc(self.dropout(torch.flatten(self.pool(self.features(x)), 1))))
+
+
+@register("resnet50", crop=192, size=96,
+          description="ResNet-50 (torchvision layout) made to train from scratch: central 192 px at 96 px, "
+                      "zero-init residuals, global pooling, dropout, tree head, MSE, strong augmentation.",
+          options=("dropout",), load_pretrained=load_torchvision_weights,
+          loss="mse", lr=1e-3, epochs=30, batch_size=64, head="tree", augment="strong", schedule="cosine",
+          warmup_epochs=1, weight_decay=5e-4, ema=0.999)
+def resnet50(head: str = "tree", dropout: float = 0.2) -> ResNet50Tree:
+    return ResNet50Tree(head=head, dropout=dropout)

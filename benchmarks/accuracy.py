@@ -1,0 +1,134 @@
+"""Accuracy of gzmorph's models on the shared data: one table, one row per (model, recipe).
+
+Each row trains on the train split (plus the partially labelled galaxies where the recipe uses them), picks its
+weights by valid RMSE, and is scored once on the test split, without and with 8-view test-time augmentation.
+
+    python benchmarks/accuracy.py                               # the CPU rows (seed-cnn report recipe, gznet-15min)
+    python benchmarks/accuracy.py --rows gznet dieleman resnet50  # longer rows (GPU machine)
+    python benchmarks/accuracy.py --list                        # every row and its recipe
+
+A row whose run folder (under --runs, default benchmarks/runs/) already finished is scored again, not retrained.
+Results are merged into benchmarks/results/accuracy-<machine>.json; the table printed holds every row of that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import gzmorph  # noqa: E402
+from gzmorph import runs, tree  # noqa: E402
+from gzmorph.errors import GzmorphError  # noqa: E402
+from gzmorph.inference import pick_device  # noqa: E402
+from machine import describe_machine, machine_tag  # noqa: E402
+
+# name -> (model, TrainConfig overrides, what the recipe is). The first row is the student report's recipe.
+ROWS: dict[str, tuple[str, dict, str]] = {
+    "seed-cnn/report": ("seed-cnn", {"use_partial": False},
+                        "the report: BCE, sigmoid, Adam 1e-3, batch 32, 10 epochs, flips/90-degree turns/shift/zoom"),
+    "gznet/cpu-15min": ("gznet", {"epochs": 8},
+                        "gznet recipe (MSE, tree head, AdamW 2e-3 cosine, EMA, strong aug.) cut to 8 epochs: "
+                        "<= 15 min on 2 CPU cores"),
+    "gznet": ("gznet", {}, "gznet recipe: MSE, tree head, AdamW 2e-3 cosine, wd 5e-4, EMA 0.999, strong aug., 30 "
+                           "epochs"),
+    "dieleman": ("dieleman", {}, "Dieleman 2014 network; MSE, tree-relu head, Adam 1e-3 cosine, EMA, strong aug., "
+                                 "40 epochs"),
+    "resnet50": ("resnet50", {}, "ResNet-50 from scratch, 96 px, GAP, tree head, MSE, AdamW cosine, EMA, strong "
+                                 "aug., 30 epochs"),
+}
+DEFAULT_ROWS = ("seed-cnn/report", "gznet/cpu-15min")
+
+
+def run_row(name: str, args) -> dict:
+    model, overrides, recipe = ROWS[name]
+    run = Path(args.runs) / name.replace("/", "__")
+    cfg = gzmorph.TrainConfig(data=args.data, out=str(run), model=model, device=args.device, **overrides)
+    finished = (run / runs.CHECKPOINT).exists() and \
+        (len(runs.read_metrics(run)) >= runs.read_config(run).resolved().epochs or _stopped_early(run))
+    if not finished:
+        gzmorph.train(cfg, resume=(run / runs.CHECKPOINT).exists(), progress=not args.quiet)
+    history = runs.read_metrics(run)
+    resolved = runs.read_config(run)
+    scores = {}
+    for tta in (1, 8):
+        started = time.perf_counter()
+        result = gzmorph.evaluate(run, args.data, "test", device=args.device, tta=tta, progress=False, write=False)
+        scores[f"tta{tta}"] = {"rmse": result["rmse"], "per_question": result["per_question"],
+                               "seconds": time.perf_counter() - started}
+    baseline = result["baseline"]
+    best = min(history, key=lambda r: r["valid_rmse"])
+    return {
+        "row": name, "model": model, "recipe": recipe, "config": asdict(resolved),
+        "device": str(pick_device(args.device)), "train_seconds": sum(r["seconds"] for r in history),
+        "epochs_run": len(history), "best_epoch": int(best["epoch"]), "valid_rmse": best["valid_rmse"],
+        "test": scores, "test_baseline": {"rmse": baseline["rmse"], "per_question": baseline["per_question"]},
+        "n_test": result["n_galaxies"], "command": f"python benchmarks/accuracy.py --rows {name}",
+    }
+
+
+def _stopped_early(run: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(run / runs.CHECKPOINT), framework="pt") as f:
+        return bool(json.loads(f.metadata()["progress"]).get("stopped_early"))
+
+
+def print_table(rows: list[dict], machine: dict) -> None:
+    print(f"test split ({rows[0]['n_test']} galaxies); machine: {machine['cpu']}, {machine['cores']} cores"
+          + (f", {machine['gpu']}" if "gpu" in machine else "") + f", torch {machine['torch']}")
+    head = f"{'row':18s} {'device':6s} {'train':>8s} {'ep':>3s} {'valid':>7s} {'test':>7s} {'test+tta8':>9s}"
+    qs = [f"Q{q.number}" for q in tree.QUESTIONS]
+    print(head + "  " + " ".join(f"{q:>5s}" for q in qs))
+    base = rows[0]["test_baseline"]
+    print(f"{'train mean':18s} {'':6s} {'':>8s} {'':>3s} {'':>7s} {base['rmse']:7.4f} {'':>9s}  "
+          + " ".join(f"{base['per_question'][q]:5.3f}" for q in qs))
+    for r in rows:
+        t = r["test"]
+        minutes = f"{r['train_seconds'] / 60:.1f} min"
+        print(f"{r['row']:18s} {r['device']:6s} {minutes:>8s} {r['epochs_run']:3d} {r['valid_rmse']:7.4f} "
+              f"{t['tta1']['rmse']:7.4f} {t['tta8']['rmse']:9.4f}  "
+              + " ".join(f"{t['tta8']['per_question'][q]:5.3f}" for q in qs))
+    print("(per-question columns: test RMSE with 8-view TTA)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "galaxy-zoo"))
+    p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), help="row names (see --list)")
+    p.add_argument("--runs", default=str(HERE / "runs"), help="where the rows' run folders go")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--list", action="store_true", help="list the rows and exit")
+    p.add_argument("-q", "--quiet", action="store_true")
+    args = p.parse_args()
+    if args.list:
+        for name, (model, overrides, recipe) in ROWS.items():
+            print(f"{name:18s} {model:10s} {json.dumps(overrides):24s} {recipe}")
+        return
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        sys.exit(f"unknown row(s) {unknown}; see --list")
+    machine = describe_machine(str(pick_device(args.device)))
+    out = HERE / "results" / f"accuracy-{machine_tag(machine)}.json"
+    saved = json.loads(out.read_text())["rows"] if out.exists() else []
+    try:
+        for name in args.rows:
+            row = run_row(name, args)
+            saved = [r for r in saved if r["row"] != name] + [row]
+            saved.sort(key=lambda r: list(ROWS).index(r["row"]))
+            out.parent.mkdir(exist_ok=True)
+            out.write_text(json.dumps({"benchmark": "accuracy", "machine": machine, "rows": saved}, indent=2) + "\n")
+    except GzmorphError as e:
+        sys.exit(f"gzmorph: error: {e}")
+    print_table(saved, machine)
+    print(f"wrote {out.relative_to(HERE.parent)}")
+
+
+if __name__ == "__main__":
+    main()
