@@ -53,7 +53,14 @@ class KaggleLayout:
         return self.root / "splits.csv"
 
     def image_path(self, galaxy_id: int) -> Path:
-        return self.training_images / f"{galaxy_id}.jpg"
+        """``<GalaxyID>.jpg`` as Kaggle names them; a ``.jpeg`` or ``.png`` of that id where there is no ``.jpg``."""
+        path = self.training_images / f"{galaxy_id}.jpg"
+        if not path.is_file():
+            for suffix in (".jpeg", ".png"):
+                other = path.with_suffix(suffix)
+                if other.is_file():
+                    return other
+        return path
 
 
 def open_layout(root: str | Path) -> KaggleLayout:

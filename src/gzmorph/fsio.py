@@ -6,6 +6,7 @@ process is killed or the disk fills mid-write.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -42,12 +43,18 @@ def atomic_write(target: str | Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         replace_atomically(tmp, target)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise GzmorphError(f"could not write {target} ({e.strerror or e}); the previous version, if any, is "
                            f"intact. Check free space and permissions of {target.parent}") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise
+
+
+def _remove_quietly(path: Path) -> None:
+    """Best-effort clean-up: a failure here (the folder is gone or is a file) must not hide the original error."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def atomic_write_text(target: str | Path, text: str) -> None:

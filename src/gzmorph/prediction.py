@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -60,24 +62,40 @@ def _decode_chunk(args: tuple[list[str], Preprocess]) -> tuple[np.ndarray, list[
     return out[: len(good)], good, bad
 
 
+def _by_path(chunk: list[Path], decoded: tuple[np.ndarray, list[int], list[tuple[int, str]]]):
+    pixels, good, bad = decoded
+    return [chunk[i] for i in good], pixels, [(chunk[i], why) for i, why in bad]
+
+
 def decoded_chunks(paths: Sequence[Path], prep: Preprocess, chunk: int, workers: int
                    ) -> Iterator[tuple[list[Path], np.ndarray, list[tuple[Path, str]]]]:
-    """(good paths, pixels, [(bad path, why)]) per chunk of ``paths``, decoded ahead in ``workers`` processes."""
-    chunks = [list(paths[k:k + chunk]) for k in range(0, len(paths), chunk)]
-    jobs = (([str(p) for p in c], prep) for c in chunks)
+    """(good paths, pixels, [(bad path, why)]) per chunk of ``paths``, decoded ahead in ``workers`` processes.
+
+    At most ``2 * workers`` chunks are decoded ahead of the consumer: enough to keep every worker busy while the
+    model runs, and a fixed amount of memory however many millions of images there are (``Pool.imap`` would queue
+    decoded chunks without bound whenever decoding outpaces the model).
+    """
+    starts = range(0, len(paths), chunk)
     if workers <= 1:
-        results = map(_decode_chunk, jobs)
-        pool = None
-    else:
-        method = "fork" if "fork" in __import__("multiprocessing").get_all_start_methods() else "spawn"
-        pool = get_context(method).Pool(workers)
-        results = pool.imap(_decode_chunk, jobs)  # ordered; decodes ahead of the consumer
+        for k in starts:
+            c = list(paths[k:k + chunk])
+            yield _by_path(c, _decode_chunk(([str(p) for p in c], prep)))
+        return
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    pool = get_context(method).Pool(workers)
+    pending: deque = deque()
     try:
-        for c, (pixels, good, bad) in zip(chunks, results):
-            yield [c[i] for i in good], pixels, [(c[i], why) for i, why in bad]
+        for k in starts:
+            c = list(paths[k:k + chunk])
+            pending.append((c, pool.apply_async(_decode_chunk, (([str(p) for p in c], prep),))))
+            if len(pending) >= 2 * workers:
+                c, result = pending.popleft()
+                yield _by_path(c, result.get())
+        while pending:
+            c, result = pending.popleft()
+            yield _by_path(c, result.get())
     finally:
-        if pool is not None:
-            pool.terminate()
+        pool.terminate()
 
 
 @dataclass
@@ -106,8 +124,10 @@ def predict(run: str | Path, images: str | Path, out: str | Path = "submission.c
     ``<out>.json`` beside the CSV (with the model file's SHA-256 and the gzmorph version).
     """
     out = Path(out)
-    if out.parent and not out.parent.exists():
+    if not out.parent.exists():
         raise GzmorphError(f"{out.parent}: output folder does not exist")
+    if not out.parent.is_dir():
+        raise GzmorphError(f"{out.parent}: is not a folder; choose an output path inside a folder")
     dev = pick_device(device)
     loaded = runs.load_model(run, which, dev)
     paths = collect_inputs(images)
@@ -136,6 +156,8 @@ def predict(run: str | Path, images: str | Path, out: str | Path = "submission.c
                     n += len(good)
                 bar.update(len(good) + len(bad))
         bar.close()
+        if n == 0:  # raised inside the write, so an earlier submission at `out` is left as it was
+            raise GzmorphError(f"none of the {len(paths)} images could be read; nothing was predicted")
 
     atomic_write(out, write)
     summary = PredictionSummary(out, n, skipped, time.perf_counter() - started, loaded.sha256)
@@ -144,6 +166,4 @@ def predict(run: str | Path, images: str | Path, out: str | Path = "submission.c
         "gzmorph_version": __version__, "torch_version": torch.__version__, "n_predicted": n,
         "tta": tta, "n_skipped": len(skipped), "skipped": [{"path": p, "why": w} for p, w in skipped],
         "seconds": summary.seconds})
-    if n == 0:
-        raise GzmorphError(f"none of the {len(paths)} images could be read; nothing was predicted")
     return summary

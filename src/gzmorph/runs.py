@@ -57,7 +57,10 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     with open(path, "rb") as f:
         head = f.read(8)
     # A safetensors file starts with the little-endian length of its JSON header; a pickle starts with 0x80.
-    if len(head) < 8 or head[:1] == b"\x80" or head[:2] == b"PK":
+    if len(head) < 8:
+        raise GzmorphError(f"{path}: empty or truncated ({len(head)} bytes); it cannot be used: retrain into a new "
+                           f"--out, or restore the file from a copy")
+    if head[:1] == b"\x80" or head[:2] == b"PK":
         raise GzmorphError(f"{path}: not a safetensors file (pickled/zip checkpoints are refused: loading them "
                            f"could run code)")
     try:
@@ -67,7 +70,8 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
             metadata = f.metadata() or {}
         return load_file(str(path)), metadata
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise GzmorphError(f"{path}: damaged or incomplete safetensors file ({e})") from None
+        raise GzmorphError(f"{path}: damaged or incomplete safetensors file ({e}); it cannot be used: retrain into "
+                           f"a new --out, or restore the file from a copy") from None
 
 
 def load_weights(path: Path, model: nn.Module) -> dict[str, str]:

@@ -186,12 +186,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         meta = {"epoch": str(epoch + 1), "valid_rmse": f"{valid_rmse:.6f}", "model": cfg.model}
         if valid_rmse < state.best_rmse:
             state.best_rmse, state.best_epoch = valid_rmse, epoch + 1
-            # Written before the checkpoint: if killed in between, the resumed epoch rewrites it identically.
             runs.save_weights(run / runs.BEST, scored, meta)
         if cfg.patience and state.epoch - state.best_epoch >= cfg.patience and state.epoch < cfg.epochs:
             state.stopped_early = True
-        runs.save_checkpoint(run, model, optimizer, state, average)
+        # The weight files are written before the checkpoint that records their epoch: if the process dies in
+        # between, the resumed run redoes the epoch and rewrites them identically; never the other way round.
         runs.save_weights(run / runs.LAST, scored, meta)
+        runs.save_checkpoint(run, model, optimizer, state, average)
         runs.write_metrics(run, state.history)
         log.info("epoch %d/%d  train loss %.4f  train RMSE %.4f  valid RMSE %.4f  (%.0f s)", epoch + 1, cfg.epochs,
                  row["train_loss"], row["train_rmse"], valid_rmse, row["seconds"])
