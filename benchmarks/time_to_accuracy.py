@@ -6,15 +6,17 @@ trained in this one run on this machine, both scored on the test split.
 
 The goal (issue "Speed"): gznet reaches a lower test RMSE than seed-cnn in at most 1/10 of seed-cnn's wall-clock.
 Wall-clock is the whole `gzmorph.train` call (data loading from the warm image cache, every epoch, the per-epoch
-validation and checkpoints), measured the same way for both. Writes benchmarks/results/time_to_accuracy-<machine>.json.
+validation and checkpoints), measured the same way for both. Run folders are kept under --runs: a call that fails
+after training (or is repeated) scores the finished runs again with their recorded times instead of retraining.
+Writes benchmarks/results/time_to_accuracy-<machine>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +29,13 @@ from machine import describe_machine, machine_tag  # noqa: E402
 
 
 def timed_run(cfg: gzmorph.TrainConfig, data: str, device: str) -> dict:
+    """Train (unless this run folder already finished, timed, in an earlier call) and score on the test split."""
+    timing = Path(cfg.out) / "timing.json"
+    if timing.exists():
+        seconds = json.loads(timing.read_text())["train_wall_seconds"]
+        return _scored(cfg, data, device, seconds)
+    if Path(cfg.out).exists():
+        shutil.rmtree(cfg.out)  # an unfinished earlier attempt: its time is unknown, start over
     # Decode once beforehand (a warm cache, as a user's second run has), so neither side pays for JPEG decoding.
     from gzmorph.data import load_labelled
     from gzmorph.images import Preprocess
@@ -36,9 +45,14 @@ def timed_run(cfg: gzmorph.TrainConfig, data: str, device: str) -> dict:
     load_labelled(data, Preprocess(spec.crop, spec.size), ("train", "valid", "test"), use_partial=cfg.use_partial,
                   progress=False)
     started = time.perf_counter()
-    run = gzmorph.train(cfg, progress=False)
+    gzmorph.train(cfg, progress=False)
     seconds = time.perf_counter() - started
-    result = gzmorph.evaluate(run, data, "test", device=device, progress=False, write=False)
+    timing.write_text(json.dumps({"train_wall_seconds": seconds}) + "\n")
+    return _scored(cfg, data, device, seconds)
+
+
+def _scored(cfg: gzmorph.TrainConfig, data: str, device: str, seconds: float) -> dict:
+    result = gzmorph.evaluate(cfg.out, data, "test", device=device, progress=False, write=False)
     return {"model": cfg.model, "config": cfg.to_dict(), "train_wall_seconds": seconds, "test_rmse": result["rmse"],
             "test_per_question": result["per_question"], "baseline_rmse": result["baseline"]["rmse"]}
 
@@ -49,14 +63,17 @@ def main() -> None:
     p.add_argument("--gznet-epochs", type=int, default=4)
     p.add_argument("--seed-cnn-epochs", type=int, default=10, help="the report's recipe: 10")
     p.add_argument("--device", default="auto")
+    p.add_argument("--runs", default=str(HERE / "runs" / "time_to_accuracy"),
+                   help="run folders; a finished, timed run there is scored again, not retrained")
     args = p.parse_args()
     device = str(pick_device(args.device))
-    with tempfile.TemporaryDirectory(prefix="gzmorph-tta-") as tmp:
-        seed = timed_run(gzmorph.TrainConfig(data=args.data, out=f"{tmp}/seed-cnn", model="seed-cnn",
-                                             epochs=args.seed_cnn_epochs, use_partial=False, device=args.device),
-                         args.data, args.device)
-        ours = timed_run(gzmorph.TrainConfig(data=args.data, out=f"{tmp}/gznet", model="gznet",
-                                             epochs=args.gznet_epochs, device=args.device), args.data, args.device)
+    runs_dir = Path(args.runs)
+    seed = timed_run(gzmorph.TrainConfig(data=args.data, out=str(runs_dir / f"seed-cnn-{args.seed_cnn_epochs}ep"),
+                                         model="seed-cnn", epochs=args.seed_cnn_epochs, use_partial=False,
+                                         device=args.device), args.data, args.device)
+    ours = timed_run(gzmorph.TrainConfig(data=args.data, out=str(runs_dir / f"gznet-{args.gznet_epochs}ep"),
+                                         model="gznet", epochs=args.gznet_epochs, device=args.device),
+                     args.data, args.device)
     machine = describe_machine(device)
     ratio = ours["train_wall_seconds"] / seed["train_wall_seconds"]
     met = ours["test_rmse"] < seed["test_rmse"] and ratio <= 0.1

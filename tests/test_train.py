@@ -222,3 +222,25 @@ def test_cli_default_model_options_and_tta(synthetic_data, tmp_path, capsys):
     assert "does not take option" in capsys.readouterr().err
     assert main(["models"]) == 0
     assert "options: widths, depths" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("pad", range(0, 300, 7))
+def test_safetensors_files_of_any_header_length_load(tmp_path, pad):
+    # Regression: the pickle sniffing once looked at the first byte alone, and refused every real safetensors file
+    # whose JSON header length ends in byte 0x80 (a pickle's first byte) - 128, 384, 640 ... bytes.
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"w": torch.ones(2)}, str(path), metadata={"pad": "x" * pad})
+    tensors, meta = runs.read_safetensors(path)
+    assert torch.equal(tensors["w"], torch.ones(2)) and meta["pad"] == "x" * pad
+
+
+def test_a_header_length_ending_in_0x80_is_covered():
+    # The parametrized test above must include at least one file whose first byte is 0x80.
+    import torch
+    from safetensors.torch import save
+
+    firsts = {save({"w": torch.ones(2)}, metadata={"pad": "x" * pad})[0] for pad in range(0, 300, 7)}
+    assert 0x80 in firsts

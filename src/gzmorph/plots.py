@@ -5,17 +5,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+from . import runs, tree
+from .errors import GzmorphError
 
-matplotlib.use("Agg")  # no display needed; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
 
-from . import runs, tree  # noqa: E402
-from .errors import GzmorphError  # noqa: E402
+def _pyplot():
+    """matplotlib's pyplot, imported on first use: it costs about a second, which `import gzmorph` (and every
+    other command) should not pay."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_learning_curves(run: str | Path, out: str | Path) -> Path:
     """RMSE and loss per epoch, train vs valid, side by side."""
+    plt = _pyplot()
     history = runs.read_metrics(Path(run))
     if not history:
         raise GzmorphError(f"{run}: metrics.csv has no epochs yet")
@@ -50,6 +57,7 @@ def _baseline_rmse(run: Path) -> float | None:
 
 def plot_question_rmse(eval_json: str | Path, out: str | Path) -> Path:
     """Per-question RMSE bars: the model beside the train-mean baseline."""
+    plt = _pyplot()
     result = json.loads(Path(eval_json).read_text())
     keys = [f"Q{q.number}" for q in tree.QUESTIONS]
     model = [result["per_question"][k] for k in keys]

@@ -55,14 +55,21 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     if not path.is_file():
         raise GzmorphError(f"{path}: file not found")
     with open(path, "rb") as f:
-        head = f.read(8)
-    # A safetensors file starts with the little-endian length of its JSON header; a pickle starts with 0x80.
-    if len(head) < 8:
+        head = f.read(9)
+    size = path.stat().st_size
+    if len(head) < 9:
         raise GzmorphError(f"{path}: empty or truncated ({len(head)} bytes); it cannot be used: retrain into a new "
                            f"--out, or restore the file from a copy")
-    if head[:1] == b"\x80" or head[:2] == b"PK":
-        raise GzmorphError(f"{path}: not a safetensors file (pickled/zip checkpoints are refused: loading them "
-                           f"could run code)")
+    # A safetensors file is an 8-byte little-endian header length, then that many bytes of JSON starting with '{'.
+    # Anything else (a pickle starts with 0x80 and a protocol byte, a torch zip with 'PK') is refused before any
+    # parser sees it: loading a pickle could run code. (The first byte alone proves nothing: a header 384 bytes
+    # long also starts with 0x80.)
+    header_length = int.from_bytes(head[:8], "little")
+    if head[8:9] != b"{" or header_length + 8 > size:
+        kind = "a pickle" if head[:1] == b"\x80" else "a zip (torch.save) archive" if head[:2] == b"PK" else \
+            "not safetensors"
+        raise GzmorphError(f"{path}: not a safetensors file ({kind}); pickled/zip checkpoints are refused: loading "
+                           f"them could run code")
     try:
         from safetensors import safe_open
 
