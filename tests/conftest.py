@@ -3,7 +3,9 @@ absent, except when $GZMORPH_REQUIRE_DATA or $CI is set (CI), where its absence 
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,18 @@ def synthetic_data(tmp_path_factory) -> Path:
     from gzmorph.synth import make_synthetic
 
     return make_synthetic(tmp_path_factory.mktemp("synth"), n=240, n_test=24, seed=1, workers=2)
+
+
+@pytest.fixture(scope="module")
+def _kaggle_template(tmp_path_factory):
+    # 12 galaxies of random pictures: splits.csv puts 8 in train, 2 in valid, 2 in test.
+    from helpers import write_kaggle_folder
+
+    return write_kaggle_folder(tmp_path_factory.mktemp("template") / "data", n=12, seed=11)
+
+
+@pytest.fixture
+def kaggle(tmp_path, _kaggle_template):
+    """A private copy of a tiny valid Kaggle folder, for tests that damage it in their own way."""
+    shutil.copytree(_kaggle_template.root, tmp_path / "data")
+    return dataclasses.replace(_kaggle_template, root=tmp_path / "data")

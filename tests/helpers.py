@@ -202,3 +202,21 @@ def make_fake_run(run: str | Path, model: str = "seed-cnn", *, data: str = "", s
     runs.save_weights(run / runs.LAST, net, {"epoch": "0"})
     runs.write_train_mean(run, np.full(tree.N_OUTPUTS, 0.1, np.float32))
     return run
+
+
+def cli_fails(capsys, argv, *needles: str) -> str:
+    """Run the CLI: it must exit 2 with exactly one 'gzmorph: error:' line (no traceback) holding every needle.
+    Returns the message after the prefix."""
+    from gzmorph.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 2, f"exit status {code}; stdout: {out}; stderr: {err}"
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("gzmorph: error: "), lines[0]
+    msg = lines[0][len("gzmorph: error: "):]
+    for needle in needles:
+        assert needle in msg, f"{needle!r} not in {msg!r}"
+    return msg

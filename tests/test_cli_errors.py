@@ -5,48 +5,24 @@ Every case here fails before any training starts, so the whole file takes second
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 
 import pytest
 import torch
 
 from gzmorph import tree
-from gzmorph.cli import main
 
-from helpers import make_fake_run, tree_labels, write_catalogue, write_image, write_kaggle_folder
-
-
-@pytest.fixture(scope="module")
-def _template(tmp_path_factory):
-    return write_kaggle_folder(tmp_path_factory.mktemp("template") / "data", n=12, seed=11)
+from helpers import cli_fails as fails, make_fake_run, tree_labels, write_catalogue, write_image
 
 
 @pytest.fixture
-def data(tmp_path, _template):
-    """A private copy of a small valid Kaggle folder (tests break it in their own way)."""
-    shutil.copytree(_template.root, tmp_path / "data")
-    return dataclasses.replace(_template, root=tmp_path / "data")
+def data(kaggle):
+    return kaggle
 
 
 @pytest.fixture
 def fake_run(tmp_path):
     return make_fake_run(tmp_path / "run")
-
-
-def fails(capsys, argv: list[str], *needles: str) -> str:
-    """Run the CLI, check it failed cleanly, and return the error message (after 'gzmorph: error: ')."""
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert code == 2, f"exit status {code}; stderr: {err}"
-    assert "Traceback" not in out + err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert lines[0].startswith("gzmorph: error: ")
-    msg = lines[0][len("gzmorph: error: "):]
-    for needle in needles:
-        assert needle in msg, f"{needle!r} not in {msg!r}"
-    return msg
 
 
 def train_args(tmp_path, data_dir, *extra) -> list:

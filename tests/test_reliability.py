@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import builtins
 import csv
-import dataclasses
 import errno
 import io
 import json
@@ -49,7 +48,7 @@ from gzmorph.errors import GzmorphError
 from gzmorph.images import decode
 from gzmorph.inference import predict_array
 
-from helpers import make_fake_run, random_image, tree_labels, write_image, write_kaggle_folder
+from helpers import cli_fails as fails, make_fake_run, random_image, tree_labels, write_image
 
 # The tiniest gznet: two stages of one block, 8 and 16 channels wide.
 TINY = ["--model", "gznet", "--option", "widths=[8,16]", "--option", "depths=[1,1]"]
@@ -65,20 +64,6 @@ def cli(capsys, argv) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def fails(capsys, argv, *needles: str) -> str:
-    """Run the CLI; it must exit 2 with exactly one 'gzmorph: error:' line holding every needle. Returns the message."""
-    code, out, err = cli(capsys, argv)
-    assert code == 2, f"exit status {code}; stdout: {out}; stderr: {err}"
-    assert "Traceback" not in out + err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert lines[0].startswith("gzmorph: error: "), lines[0]
-    msg = lines[0][len("gzmorph: error: "):]
-    for needle in needles:
-        assert needle in msg, f"{needle!r} not in {msg!r}"
-    return msg
 
 
 def succeeds(capsys, argv) -> str:
@@ -128,19 +113,6 @@ def truncated_jpeg(path: Path, seed: int = 5) -> Path:
 # ------------------------------------------------------------------------------------------------------------------
 # Fixtures
 # ------------------------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def _kaggle_template(tmp_path_factory):
-    # 12 galaxies: splits.csv puts 8 in train, 2 in valid, 2 in test.
-    return write_kaggle_folder(tmp_path_factory.mktemp("template") / "data", n=12, seed=11)
-
-
-@pytest.fixture
-def kaggle(tmp_path, _kaggle_template):
-    """A private copy of a tiny Kaggle folder of random pictures, for tests that damage it."""
-    shutil.copytree(_kaggle_template.root, tmp_path / "data")
-    return dataclasses.replace(_kaggle_template, root=tmp_path / "data")
-
 
 def small_train_args(tmp_path, root, *extra) -> list:
     return ["train", "--data", root, "--out", tmp_path / "run", *TINY, "--epochs", 1, "--batch-size", 4,

@@ -6,7 +6,6 @@ to a temporary file that replaces the target only when the whole job has finishe
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
