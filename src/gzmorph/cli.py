@@ -1,4 +1,4 @@
-"""``gzmorph`` command line: train / evaluate / predict / plot / synth / models.
+"""``gzmorph`` command line: train / evaluate / predict / merge / plot / serve / export / synth / models.
 
 Each subcommand only parses arguments and calls the library function of the same name; user errors
 (:class:`GzmorphError`) print one line and exit with status 2, never a traceback.
@@ -70,17 +70,51 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .prediction import predict
 
     s = predict(args.run, args.images, args.output, which=args.weights, batch_size=args.batch_size, tta=args.tta,
-                workers=args.workers, device=args.device, skip_bad=args.skip_bad, progress=not args.quiet)
+                workers=args.workers, device=args.device, skip_bad=args.skip_bad, shard=args.shard,
+                progress=not args.quiet)
     print(f"wrote {s.out}: {s.n_predicted} galaxies in {s.seconds:.1f} s ({s.images_per_second:.0f} img/s)"
           + (f"; skipped {len(s.skipped)} unreadable image(s), listed in {s.out}.json" if s.skipped else ""))
     return 0
 
 
-def cmd_plot(args: argparse.Namespace) -> int:
-    from .plots import plot_run
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .prediction import merge_shards
 
+    s = merge_shards(args.parts, args.output)
+    print(f"wrote {s.out}: {s.n_predicted} galaxies from {len(args.parts)} shard(s)"
+          + (f"; {len(s.skipped)} image(s) were skipped, listed in {s.out}.json" if s.skipped else ""))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_gallery, plot_run
+
+    if args.gallery:
+        if not args.data:
+            raise GzmorphError("plot --gallery needs --data DIR (the Kaggle-layout folder whose galaxies to show)")
+        for path in plot_gallery(args.run, args.data, split=args.split, n=args.n, out_dir=args.out,
+                                 which=args.weights, tta=args.tta, device=args.device):
+            print(f"wrote {path}")
+        return 0
     for path in plot_run(args.run, out_dir=args.out):
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    serve(args.run, host=args.host, port=args.port, which=args.weights, device=args.device, tta=args.tta)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    s = export_onnx(args.run, args.onnx, which=args.weights, opset=args.opset)
+    print(f"wrote {s.out} (input {s.input_shape} uint8-scaled float, output (N, 37)); onnxruntime matches "
+          f"PyTorch to {s.max_abs_diff:.2e} on {s.n_checked} test images" if s.max_abs_diff is not None else
+          f"wrote {s.out} (onnxruntime not installed: outputs not checked; pip install 'gzmorph[onnx]')")
     return 0
 
 
@@ -171,13 +205,45 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=256)
     pr.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
                     help="average over this many rotated/flipped views (test-time augmentation)")
+    pr.add_argument("--shard", metavar="I/N", help="predict only shard I of N (0-based) of the sorted image list; "
+                    "combine the N CSVs with `gzmorph merge`. Under torchrun the shard is the process's rank and "
+                    "rank 0 merges")
     common(pr, data=False)
     pr.set_defaults(func=cmd_predict)
 
-    pl = sub.add_parser("plot", help="learning curves and per-question RMSE of a run (PNG)")
+    mg = sub.add_parser("merge", help="merge the CSVs of `predict --shard I/N` into one submission")
+    mg.add_argument("parts", nargs="+", help="the N shard CSVs (each with its .json beside it)")
+    mg.add_argument("-o", "--output", default="submission.csv")
+    mg.set_defaults(func=cmd_merge)
+
+    pl = sub.add_parser("plot", help="learning curves and per-question RMSE of a run, or a gallery of galaxies (PNG)")
     pl.add_argument("run")
     pl.add_argument("--out", help="folder for the PNGs (default: the run folder)")
+    pl.add_argument("--gallery", action="store_true",
+                    help="galaxies with their true and predicted top answers, and the worst-predicted ones")
+    pl.add_argument("--data", help="--gallery: Kaggle-layout folder")
+    pl.add_argument("--split", default="valid", choices=["train", "valid", "test"], help="--gallery: split shown")
+    pl.add_argument("--n", type=int, default=16, help="--gallery: galaxies per grid (default 16)")
+    pl.add_argument("--weights", default="best")
+    pl.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8])
+    pl.add_argument("--device", default="auto")
     pl.set_defaults(func=cmd_plot)
+
+    sv = sub.add_parser("serve", help="a local web page: drop a galaxy image, see the decision tree answered")
+    sv.add_argument("run")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    sv.add_argument("--weights", default="best")
+    sv.add_argument("--tta", type=int, default=8, choices=[1, 2, 4, 8])
+    sv.add_argument("--device", default="auto")
+    sv.set_defaults(func=cmd_serve)
+
+    ex = sub.add_parser("export", help="export a run's model to ONNX (checked against PyTorch with onnxruntime)")
+    ex.add_argument("run")
+    ex.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    ex.add_argument("--weights", default="best")
+    ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    ex.set_defaults(func=cmd_export)
 
     s = sub.add_parser("synth", help="write a synthetic Kaggle-layout data set (for demos and tests)")
     s.add_argument("dir")

@@ -188,3 +188,61 @@ def tree_violations(values: np.ndarray, mask: np.ndarray | None = None,
 
 def columns_of(questions: Sequence[int]) -> list[str]:
     return [c for n in questions for c in question(n).columns]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading one galaxy's 37 numbers as answers to the questions a volunteer was asked
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Step:
+    """One question on a galaxy's walk through the tree: the answer most volunteers gave, and how strongly."""
+
+    question: Question
+    answer: Answer
+    share: float  # fraction of this question's votes that went to ``answer`` (its value / the question's sum)
+    value: float  # the Kaggle (cumulative) value of ``answer``: share x the value of the answer that led here
+
+    def as_dict(self) -> dict:
+        return {"question": self.question.number, "question_text": self.question.text,
+                "answer": self.answer.column, "answer_text": self.answer.text,
+                "share": self.share, "value": self.value}
+
+
+def answer_shares(values: np.ndarray) -> np.ndarray:
+    """(..., 37) Kaggle values -> (..., 37) where each question's answers sum to 1: the share of that question's
+    votes each answer got. A question nobody reached (all zeros) gets equal shares."""
+    values = np.asarray(values, dtype=np.float64)
+    out = np.empty_like(values)
+    for q in QUESTIONS:
+        v = np.clip(values[..., q.slice], 0.0, None)
+        total = v.sum(axis=-1, keepdims=True)
+        out[..., q.slice] = np.where(total > 0, v / np.where(total > 0, total, 1.0), 1.0 / len(q.answers))
+    return out
+
+
+def _children(answer: Answer) -> list[Question]:
+    return [q for q in QUESTIONS if q.parent == answer.column]
+
+
+def most_likely_path(values: np.ndarray) -> list[Step]:
+    """The questions a volunteer following the majority answer at each step is asked, in Galaxy Zoo 2's order.
+
+    Depth first from Q1 (so a disk galaxy goes Q2 -> Q3 -> Q4 -> [Q10 -> Q11 if spiral] -> Q5), then Q6 ("anything
+    odd?", asked of every galaxy), and Q8 if the majority said yes. Ties go to the first answer.
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.shape != (N_OUTPUTS,):
+        raise ValueError(f"expected {N_OUTPUTS} values for one galaxy, got shape {values.shape}")
+    shares = answer_shares(values)
+    steps: list[Step] = []
+
+    def visit(q: Question) -> None:
+        best = max(q.answers, key=lambda a: (shares[a.index], -a.index))
+        steps.append(Step(q, best, float(shares[best.index]), float(values[best.index])))
+        for child in _children(best):
+            visit(child)
+
+    for root in (q for q in QUESTIONS if q.parent is None):  # Q1, then Q6
+        visit(root)
+    return steps
