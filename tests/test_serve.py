@@ -339,7 +339,7 @@ def test_page_end_to_end_in_headless_chromium(chromium, trained_run, real_data, 
         check_prediction(expected, trained_run, image, tta=8)
 
         driver.get(f"{base}/")
-        driver.find_element(By.ID, "file").send_keys(str(image))
+        driver.find_element(By.ID, "file").send_keys(str(image.resolve()))  # chromedriver refuses paths with ".."
         status = _wait_for_status(driver, "done", "error")
         assert status == "done", driver.find_element(By.ID, "error").text
 
@@ -393,7 +393,7 @@ def test_page_end_to_end_in_headless_chromium(chromium, trained_run, real_data, 
         corrupt.write_bytes(b"\xff\xd8 definitely not a JPEG")
         status, refused = upload(base, corrupt)
         assert status == 400
-        driver.find_element(By.ID, "file").send_keys(str(corrupt))
+        driver.find_element(By.ID, "file").send_keys(str(corrupt.resolve()))
         assert _wait_for_status(driver, "done", "error") == "error"
         assert driver.find_element(By.ID, "error").text == refused["error"]
         assert refused["error"].startswith("corrupt.jpg: ")
