@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job end to end: train -> evaluate -> predict -> plot.
+# The main job end to end: train -> evaluate -> predict -> plot (curves, per-question RMSE, galleries).
 # Data: $GZMORPH_DATA, else data/galaxy-zoo, else a synthetic Kaggle-layout set made by `gzmorph synth`.
 set -euo pipefail
 DATA=${GZMORPH_DATA:-}
@@ -28,9 +28,13 @@ echo "== predict $TEST_IMAGES"
 gzmorph predict "$RUN" "$TEST_IMAGES" -o "$RUN/submission.csv" --tta 8
 echo "== plot"
 gzmorph plot "$RUN"
+gzmorph plot "$RUN" --gallery --data "$DATA" --split "$SPLIT" --n 12
 echo
 echo "Done. Everything is in $RUN/:"
 echo "  config.json, best.safetensors, model.safetensors  the trained model and how it was made"
 echo "  metrics.csv, learning_curves.png                  per-epoch train/valid loss and RMSE"
 echo "  eval-$SPLIT.json, rmse_per_question_$SPLIT.png     RMSE overall and per question vs the train mean"
+echo "  gallery_$SPLIT.png, gallery_${SPLIT}_worst.png      galaxies with true vs predicted answers; the worst ones"
 echo "  submission.csv (+ .json)                          Kaggle-format predictions for $TEST_IMAGES"
+echo
+echo "Next: gzmorph serve $RUN   (a web page: drop a galaxy image, read the decision tree's answers)"

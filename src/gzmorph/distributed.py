@@ -92,7 +92,11 @@ def process_group(cluster: Cluster, device: torch.device) -> Iterator[None]:
 
 
 def barrier(cluster: Cluster) -> None:
-    if cluster.enabled:
+    if not cluster.enabled:
+        return
+    if dist.get_backend() == "nccl":  # NCCL must be told the GPU, or it guesses (and warns)
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
         dist.barrier()
 
 

@@ -266,6 +266,7 @@ def _check_finite(cluster: distributed.Cluster, sums: torch.Tensor, epoch: int, 
     """Stop on a nan/inf loss. Every process learns it at the same step (a NaN gradient reaches all of them, but
     not at the same moment), so none is left waiting in an all-reduce for a process that has quit."""
     mine = sums[0].item()
-    if distributed.all_sum(cluster, torch.tensor([0.0 if math.isfinite(mine) else 1.0])).item():
+    flag = torch.tensor([0.0 if math.isfinite(mine) else 1.0], device=sums.device)  # NCCL reduces GPU tensors only
+    if distributed.all_sum(cluster, flag).item():
         raise GzmorphError(f"training diverged: the loss became {mine if not math.isfinite(mine) else 'nan'} in "
                            f"epoch {epoch + 1}; the last good checkpoint is kept. Try a lower --lr (now {lr})")
