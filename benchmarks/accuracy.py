@@ -38,6 +38,8 @@ ROWS: dict[str, tuple[str, dict, str]] = {
                         "<= 15 min on 2 CPU cores"),
     "gznet": ("gznet", {}, "gznet recipe: MSE, tree head, AdamW 2e-3 cosine, wd 5e-4, EMA 0.999, strong aug., 30 "
                            "epochs"),
+    "gznet-wide": ("gznet", {"epochs": 40, "model_options": {"widths": [48, 96, 192, 384]}},
+                   "gznet 1.5x wider (48-384 channels, 2.2x the compute), 40 epochs: is capacity the limit?"),
     "dieleman": ("dieleman", {}, "Dieleman 2014 network; MSE, tree-relu head, Adam 1e-3 cosine, EMA, strong aug., "
                                  "40 epochs"),
     "resnet50": ("resnet50", {}, "ResNet-50 from scratch, 96 px, GAP, tree head, MSE, AdamW cosine, EMA, strong "

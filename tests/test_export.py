@@ -3,6 +3,7 @@ user of the .onnx file alone needs; the CLI path and its errors."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -87,9 +88,12 @@ def test_metadata_is_enough_to_feed_the_model(tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_cli_export(tmp_path, capsys):
+def test_cli_export(tmp_path, capsys, caplog):
     run = make_fake_run(tmp_path / "run", model="seed-cnn")
+    caplog.set_level(logging.INFO)
     assert main(["export", str(run), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    # The exporter's own passes log dozens of INFO lines ("Replaced initializer ..."): none reach the user.
+    assert [r.name for r in caplog.records if not r.name.startswith("gzmorph")] == []
     out = capsys.readouterr().out
     assert f"wrote {tmp_path / 'm.onnx'}" in out and "onnxruntime matches PyTorch" in out
     assert (tmp_path / "m.onnx").is_file()

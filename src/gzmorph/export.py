@@ -137,7 +137,7 @@ def _check_destination(out: Path) -> Path:
 def _quiet_exporter() -> Iterator[None]:
     """The exporter logs and warns about things that do not concern a user (torchvision ops it skips, deprecations
     inside torch.export); the comparison with onnxruntime is what says whether the export is right."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:

@@ -277,6 +277,8 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, which: str
     try:
         server.serve_forever()
     except KeyboardInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second `kill` while shutting down just ends it
         print("stopped", flush=True)
     finally:
         server.server_close()
