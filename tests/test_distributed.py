@@ -98,6 +98,7 @@ def test_ddp_default_model_trains_and_resumes(data, tmp_path):
     assert gz(["train", "--data", data.root, "--out", one, "--threads", "1", "--workers", "1", *common]) == 0
     torchrun(["train", "--data", data.root, "--out", two, *common])
     r1, r2 = runs.read_metrics(one)[-1]["valid_rmse"], runs.read_metrics(two)[-1]["valid_rmse"]
+    print(f"gznet, 1 epoch: valid RMSE {r2:.4f} with DDP over 2 CPU processes, {r1:.4f} in 1 process")
     assert np.isfinite(r2) and abs(r1 - r2) < 0.05, (r1, r2)
     torchrun(["train", "--resume", two, "--epochs", "2", "-q"])
     assert [r["epoch"] for r in runs.read_metrics(two)] == [1, 2]
