@@ -244,3 +244,20 @@ def test_predict_a_folder_with_fits(tmp_path):
     want = np.clip(predict_array(loaded.model, decode(folder / "587722.fits", loaded.prep)[None]), 0, 1)[0]
     got = np.array([float(rows["587722"][c]) for c in gzmorph.tree.COLUMNS])
     np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_a_training_folder_may_hold_fits_cutouts(tmp_path, kaggle):
+    """Kaggle's layout with some training images as FITS (e.g. cutouts fetched from a survey): found by GalaxyID and
+    trained on like the JPEGs."""
+    import gzmorph
+    from gzmorph.data import open_layout
+
+    gids = sorted(kaggle.ids_of("train"))[:2]
+    for k, gid in enumerate(gids):
+        write_fits(kaggle.training_images / (f"{gid}.fits" + ("" if k else ".gz")), galaxy_bands(seed=k))
+        kaggle.image(gid).unlink()
+    layout = open_layout(kaggle.root)
+    assert [layout.image_path(g).name for g in gids] == [f"{gids[0]}.fits.gz", f"{gids[1]}.fits"]
+    run = gzmorph.train(gzmorph.TrainConfig(data=str(kaggle.root), out=str(tmp_path / "run"), model="seed-cnn",
+                                            epochs=1, batch_size=4, threads=1, workers=1), progress=False)
+    assert len(gzmorph.runs.read_metrics(run)) == 1

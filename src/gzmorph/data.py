@@ -23,7 +23,7 @@ import numpy as np
 from . import tree
 from .catalogue import Catalogue, read_catalogue, parse_id
 from .errors import GzmorphError
-from .images import Preprocess, decode_all
+from .images import IMAGE_SUFFIXES, Preprocess, decode_all
 
 log = logging.getLogger("gzmorph")
 
@@ -63,8 +63,9 @@ class KaggleLayout:
             return frozenset()
 
     def image_path(self, galaxy_id: int) -> Path:
-        """``<GalaxyID>.jpg`` as Kaggle names them; a ``.jpeg`` or ``.png`` of that id where there is no ``.jpg``."""
-        for suffix in (".jpg", ".jpeg", ".png"):
+        """``<GalaxyID>.jpg`` as Kaggle names them; a ``.jpeg``, ``.png`` or FITS file of that id where there is no
+        ``.jpg`` (``images.IMAGE_SUFFIXES``, in that order)."""
+        for suffix in IMAGE_SUFFIXES:
             if f"{galaxy_id}{suffix}" in self._training_files:
                 return self.training_images / f"{galaxy_id}{suffix}"
         return self.training_images / f"{galaxy_id}.jpg"  # missing: reported by the caller under this name
