@@ -101,7 +101,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if not args.data:
             raise GzmorphError("plot --gallery needs --data DIR (the Kaggle-layout folder whose galaxies to show)")
         for path in plot_gallery(args.run, args.data, split=args.split, n=args.n, out_dir=args.out,
-                                 which=args.weights, tta=args.tta, device=args.device):
+                                 which=args.weights, tta=args.tta, device=args.device, progress=not args.quiet):
             print(f"wrote {path}")
         return 0
     for path in plot_run(args.run, out_dir=args.out):
@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--weights", default="best")
     pl.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8])
     pl.add_argument("--device", default="auto")
+    pl.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     pl.set_defaults(func=cmd_plot)
 
     sv = sub.add_parser("serve", help="a local web page: drop a galaxy image, see the decision tree answered")
