@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import os
 import re
 import time
 from collections import deque
@@ -31,7 +30,7 @@ from .catalogue import ID_COLUMN
 from .errors import GzmorphError
 from .fsio import atomic_write, atomic_write_json
 from .images import BadImage, Preprocess, decode, image_stem, list_images
-from .inference import pick_device, predict_array
+from .inference import predict_array
 
 log = logging.getLogger("gzmorph")
 
@@ -174,8 +173,7 @@ def predict(run: str | Path, images: str | Path, out: str | Path = "submission.c
     paths = all_paths[shard_slice(len(all_paths), *shard)] if shard else all_paths
     if shard:
         log.info("shard %d/%d: %d of %d images", shard[0], shard[1], len(paths), len(all_paths))
-    workers = distributed.cpu_share(cluster, workers and min(workers, 16)) if workers or cluster.enabled \
-        else min(len(os.sched_getaffinity(0)), 16)
+    workers = workers or min(distributed.cpu_share(cluster, None), 16)  # the cores, split between a node's processes
     skipped: list[tuple[str, str]] = []
     n = 0
     started = time.perf_counter()
