@@ -29,7 +29,7 @@ import torch
 
 from . import __version__, runs, tree
 from .errors import GzmorphError
-from .fsio import atomic_write
+from .fsio import atomic_write, check_output_file
 from .images import REFERENCE_SIDE
 from .loader import to_input
 
@@ -60,7 +60,7 @@ def export_onnx(run: str | Path, out: str | Path, *, which: str = "best", opset:
     within :data:`TOLERANCE` on random images: a failed check leaves any earlier file at ``out`` as it was.
     """
     started = time.perf_counter()
-    out = _check_destination(Path(out))
+    out = check_output_file(out, "model.onnx")  # before the seconds-long export
     try:
         import onnx
 
@@ -120,17 +120,6 @@ def export_onnx(run: str | Path, out: str | Path, *, which: str = "best", opset:
     atomic_write(out, write)
     diff, n = checked[0] if checked[0] is not None else (None, 0)
     return ExportSummary(out, ("N", 3, prep.size, prep.size), diff, n, time.perf_counter() - started)
-
-
-def _check_destination(out: Path) -> Path:
-    """Fail before the (seconds-long) export when the file could not be written anyway."""
-    if out.is_dir():
-        raise GzmorphError(f"{out}: is a folder; give the .onnx file to write, e.g. {out / 'model.onnx'}")
-    if not out.parent.exists():
-        raise GzmorphError(f"{out.parent}: output folder does not exist")
-    if not out.parent.is_dir():
-        raise GzmorphError(f"{out.parent}: is not a folder; choose an output path inside a folder")
-    return out
 
 
 @contextlib.contextmanager

@@ -75,3 +75,16 @@ def ensure_writable_dir(folder: str | Path) -> Path:
     except OSError as e:
         raise GzmorphError(f"cannot write to {folder} ({e.strerror or e}); choose another output folder") from None
     return folder
+
+
+def check_output_file(out: str | Path, example: str = "output") -> Path:
+    """Fail before a long job when its output file could not be written anyway: a folder given instead of a file,
+    or a parent folder that is missing or is a file."""
+    out = Path(out)
+    if out.is_dir():
+        raise GzmorphError(f"{out}: is a folder; give the file to write, e.g. {out / example}")
+    if not out.parent.exists():
+        raise GzmorphError(f"{out.parent}: output folder does not exist")
+    if not out.parent.is_dir():
+        raise GzmorphError(f"{out.parent}: is not a folder; choose an output path inside a folder")
+    return out

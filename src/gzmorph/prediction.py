@@ -28,7 +28,7 @@ import torch
 from . import __version__, distributed, runs, tree
 from .catalogue import ID_COLUMN
 from .errors import GzmorphError
-from .fsio import atomic_write, atomic_write_json
+from .fsio import atomic_write, atomic_write_json, check_output_file
 from .images import BadImage, Preprocess, decode, image_stem, list_images
 from .inference import predict_array
 
@@ -157,11 +157,7 @@ def predict(run: str | Path, images: str | Path, out: str | Path = "submission.c
     only the I-th of N slices of the image list (join the N CSVs with :func:`merge_shards`). Run by torchrun with
     several processes and no ``shard``, each process predicts its rank's shard and rank 0 writes ``out``.
     """
-    out = Path(out)
-    if not out.parent.exists():
-        raise GzmorphError(f"{out.parent}: output folder does not exist")
-    if not out.parent.is_dir():
-        raise GzmorphError(f"{out.parent}: is not a folder; choose an output path inside a folder")
+    out = check_output_file(out, "submission.csv")
     shard = parse_shard(shard)
     cluster = distributed.from_env()
     if shard is None and cluster.enabled:
@@ -245,7 +241,7 @@ def merge_shards(parts: Sequence[str | Path], out: str | Path) -> PredictionSumm
     Refused unless the parts are exactly shards 0..N-1 of the same image list, predicted with the same weights and
     TTA (each part's ``.json`` records these); nothing is written then. Streams: constant memory for any size.
     """
-    out = Path(out)
+    out = check_output_file(out, "submission.csv")
     infos = []
     for p in map(Path, parts):
         meta = Path(f"{p}.json")

@@ -35,7 +35,7 @@ from PIL import Image
 
 from . import __version__, runs, tree
 from .errors import GzmorphError
-from .images import IMAGE_SUFFIXES, BadImage, decode
+from .images import IMAGE_SUFFIXES, BadImage, decode, image_suffix
 from .inference import TTA_VIEWS, pick_device, predict_array
 from .prediction import galaxy_id
 
@@ -58,8 +58,7 @@ def _page() -> bytes:
 def _suffix(name: str) -> str:
     """The upload's file type as a suffix for the temporary file (decode goes by it for FITS); two parts for
     compressed files such as ``.fits.gz``."""
-    parts = Path(name).suffixes
-    suffix = "".join(parts[-2:]) if len(parts) >= 2 and parts[-1].lower() == ".gz" else "".join(parts[-1:])
+    suffix = image_suffix(name)
     # Only a plain suffix is ever put in a path: a name like "x.j/../pg" cannot reach outside the temp folder.
     return suffix if len(suffix) <= 16 and all(c.isalnum() or c == "." for c in suffix) else ""
 
