@@ -216,6 +216,10 @@ def test_cli_default_model_options_and_tta(synthetic_data, tmp_path, capsys):
     assert main(["evaluate", str(run), "--data", str(synthetic_data), "--split", "valid", "--tta", "8", "-q"]) == 0
     assert "TTA over 8 views" in capsys.readouterr().out
     assert json.loads((run / "eval-valid.json").read_text())["tta"] == 8
+    assert main(["evaluate", str(run), "--data", str(synthetic_data), "--split", "valid", "--tta", "32", "-q"]) == 0
+    assert json.loads((run / "eval-valid.json").read_text())["tta"] == 32
+    assert main(["evaluate", str(run), "--data", str(synthetic_data), "--split", "valid", "--tta", "12", "-q"]) == 2
+    assert "--tta must be one of 1, 2, 4, 8, 16, 32" in capsys.readouterr().err
     assert main(["train", "--data", str(synthetic_data), "--out", str(tmp_path / "x"), "--option", "widths"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
     assert main(["train", "--data", str(synthetic_data), "--out", str(tmp_path / "y"), "--option", "colour=1"]) == 2

@@ -79,13 +79,25 @@ def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator | No
     if aug.is_identity:
         return x
     n = x.shape[0]
-    theta = random_affine(n, aug, generator, x.device).to(x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    out = warp(x, random_affine(n, aug, generator, x.device).to(x.dtype))
     if aug.brightness > 0:
         gain = torch.exp((torch.rand(n, x.shape[1], 1, 1, generator=generator) * 2 - 1) * aug.brightness)
         out = out * gain.to(x.device, x.dtype)
     return out
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample a (B, C, H, W) batch through (B, 2, 3) affine matrices; pixels from outside come by reflection
+    (a galaxy image's edges are sky, so a mirrored border is more sky, not a black frame the model never saw)."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """The whole batch turned by ``degrees`` about the image centre, with the interpolation training used."""
+    a = math.radians(degrees)
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]], dtype=x.dtype)
+    return warp(x, theta.to(x.device).expand(x.shape[0], 2, 3))
 
 
 def describe(aug: Augment) -> dict:

@@ -14,6 +14,10 @@ from pathlib import Path
 
 from .errors import GzmorphError
 
+# Checked by gzmorph.inference.check_tta when the command runs (importing it here would import torch for --help).
+TTA_HELP = ("test-time augmentation: average over N views, 1, 2, 4 or 8 (the square's symmetries) or 16 or 32 "
+            "(those of copies turned between quarter turns too)")
+
 log = logging.getLogger("gzmorph")
 
 
@@ -200,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", default="best", help="best, last, or a .safetensors file")
     e.add_argument("--limit", type=int)
     e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
-                   help="average over this many rotated/flipped views (test-time augmentation)")
+    e.add_argument("--tta", type=int, default=1, metavar="N",
+                   help=TTA_HELP)
     common(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -211,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", default="submission.csv")
     pr.add_argument("--weights", default="best")
     pr.add_argument("--batch-size", type=int, default=256)
-    pr.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8],
-                    help="average over this many rotated/flipped views (test-time augmentation)")
+    pr.add_argument("--tta", type=int, default=1, metavar="N",
+                    help=TTA_HELP)
     pr.add_argument("--shard", metavar="I/N", help="predict only shard I of N (0-based) of the sorted image list; "
                     "combine the N CSVs with `gzmorph merge`. Under torchrun the shard is the process's rank and "
                     "rank 0 merges")
@@ -233,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--split", default="valid", choices=["train", "valid", "test"], help="--gallery: split shown")
     pl.add_argument("--n", type=int, default=16, help="--gallery: galaxies per grid (default 16)")
     pl.add_argument("--weights", default="best")
-    pl.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8])
+    pl.add_argument("--tta", type=int, default=1, metavar="N", help=TTA_HELP)
     pl.add_argument("--device", default="auto")
     pl.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     pl.set_defaults(func=cmd_plot)
@@ -243,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     sv.add_argument("--weights", default="best")
-    sv.add_argument("--tta", type=int, default=8, choices=[1, 2, 4, 8])
+    sv.add_argument("--tta", type=int, default=8, metavar="N", help=TTA_HELP + " (default 8)")
     sv.add_argument("--device", default="auto")
     sv.set_defaults(func=cmd_serve)
 

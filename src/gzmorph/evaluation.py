@@ -13,7 +13,7 @@ from . import runs, tree
 from .data import load_labelled
 from .fsio import atomic_write_json
 from .metrics import report
-from .inference import pick_device, predict_array
+from .inference import check_tta, pick_device, predict_array
 
 log = logging.getLogger("gzmorph")
 
@@ -24,6 +24,7 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", *, which: s
              cache_dir: str | None = None, workers: int | None = None, write: bool = True,
              progress: bool = True) -> dict:
     """Evaluate ``run`` on ``split`` of the Kaggle-layout folder ``data``; writes RUN/eval-<split>.json."""
+    check_tta(tta)
     run = Path(run)
     dev = pick_device(device)
     loaded = runs.load_model(run, which, dev)

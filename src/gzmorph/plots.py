@@ -223,9 +223,10 @@ def plot_gallery(run: str | Path, data: str | Path, *, split: str = "valid", n: 
     majority path with the true and the predicted vote share of each of those answers."""
     from .data import load_labelled, open_layout
     from .images import BadImage, Preprocess, decode
-    from .inference import pick_device, predict_array
+    from .inference import check_tta, pick_device, predict_array
     from .metrics import rmse
 
+    check_tta(tta)
     if not 1 <= n <= MAX_GALLERY:
         raise GzmorphError(f"--n {n}: galaxies per grid must be between 1 and {MAX_GALLERY}")
     run = Path(run)

@@ -30,7 +30,7 @@ from .catalogue import ID_COLUMN
 from .errors import GzmorphError
 from .fsio import atomic_write, atomic_write_json, check_output_file
 from .images import BadImage, Preprocess, decode, image_stem, list_images
-from .inference import predict_array
+from .inference import check_tta, predict_array
 
 log = logging.getLogger("gzmorph")
 
@@ -158,6 +158,7 @@ def predict(run: str | Path, images: str | Path, out: str | Path = "submission.c
     several processes and no ``shard``, each process predicts its rank's shard and rank 0 writes ``out``.
     """
     out = check_output_file(out, "submission.csv")
+    check_tta(tta)
     shard = parse_shard(shard)
     cluster = distributed.from_env()
     if shard is None and cluster.enabled:

@@ -36,7 +36,7 @@ from PIL import Image
 from . import __version__, runs, tree
 from .errors import GzmorphError
 from .images import IMAGE_SUFFIXES, BadImage, decode, image_suffix
-from .inference import TTA_VIEWS, pick_device, predict_array
+from .inference import check_tta, pick_device, predict_array
 from .prediction import galaxy_id
 
 log = logging.getLogger("gzmorph")
@@ -95,8 +95,7 @@ class Predictor:
     """One loaded model and what the page needs from it."""
 
     def __init__(self, run: str | Path, which: str = "best", device: str = "auto", tta: int = 8):
-        if tta not in TTA_VIEWS:
-            raise GzmorphError(f"--tta must be one of {', '.join(map(str, TTA_VIEWS))} (views averaged), got {tta}")
+        check_tta(tta)
         self.run = Path(run)
         self.device = pick_device(device)
         self.loaded = runs.load_model(run, which, self.device)
