@@ -90,6 +90,11 @@ def _stopped_early(run: Path) -> bool:
         return bool(json.loads(f.metadata()["progress"]).get("stopped_early"))
 
 
+def score(test: dict, key: str) -> str:
+    """A row scored before a view count was added has no such column until it is scored again."""
+    return f"{test[key]['rmse']:.4f}" if key in test else "-"
+
+
 def print_table(rows: list[dict], machine: dict) -> None:
     print(f"test split ({rows[0]['n_test']} galaxies); machine: {machine['cpu']}, {machine['cores']} cores"
           + (f", {machine['gpu']}" if "gpu" in machine else "") + f", torch {machine['torch']}")
@@ -104,8 +109,8 @@ def print_table(rows: list[dict], machine: dict) -> None:
         t = r["test"]
         minutes = f"{r['train_seconds'] / 60:.1f} min"
         print(f"{r['row']:18s} {r['device']:6s} {minutes:>8s} {r['epochs_run']:3d} {r['valid_rmse']:7.4f} "
-              f"{t['tta1']['rmse']:7.4f} {t['tta8']['rmse']:9.4f} {t['tta32']['rmse']:10.4f}  "
-              + " ".join(f"{t['tta32']['per_question'][q]:5.3f}" for q in qs))
+              f"{t['tta1']['rmse']:7.4f} {t['tta8']['rmse']:9.4f} {score(t, 'tta32'):>10s}  "
+              + " ".join(f"{t['tta32']['per_question'][q]:5.3f}" if "tta32" in t else f"{'':>5s}" for q in qs))
     print("(per-question columns: test RMSE with 32-view TTA)")
 
 
