@@ -54,8 +54,9 @@ def _batch_size(folder) -> int:
     return next(b for b in range(8, 13) if n_train % b != 1)
 
 
+# fp32: bf16 rounds each process's partial sums differently, and the comparison is about the order of sums only.
 TRAIN = ["--model", "dieleman", "--option", "dropout=0", "--option", "dense=64", "--epochs", "2", "--augment", "none",
-         "--seed", "3", "-q"]
+         "--seed", "3", "--precision", "fp32", "-q"]
 
 
 @pytest.mark.slow

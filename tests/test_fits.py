@@ -241,7 +241,7 @@ def test_predict_a_folder_with_fits(tmp_path):
     # images.image_stem, since Path.stem leaves "587723.fits").
     assert sorted(rows) == ["100008", "587722", "587723"], sorted(rows)
     loaded = load_model(run)
-    want = np.clip(predict_array(loaded.model, decode(folder / "587722.fits", loaded.prep)[None]), 0, 1)[0]
+    want = np.clip(predict_array(loaded.model, decode(folder / "587722.fits", loaded.prep)[None], policy=loaded.policy), 0, 1)[0]
     got = np.array([float(rows["587722"][c]) for c in gzmorph.tree.COLUMNS])
     np.testing.assert_allclose(got, want, atol=2e-6)
 

@@ -81,7 +81,7 @@ def test_gallery_pngs(tmp_path, kaggle, monkeypatch):
     # The worst grid holds the highest-RMSE galaxies, computed here independently of plot_gallery.
     loaded = runs.load_model(run)
     train = load_labelled(kaggle.root, loaded.prep, ("train",), use_partial=False, workers=1, progress=False)["train"]
-    pred = predict_array(loaded.model, train.pixels)
+    pred = predict_array(loaded.model, train.pixels, policy=loaded.policy)
     err = np.sqrt(((pred - train.catalogue.labels) ** 2).mean(axis=1))
     assert sorted(train.catalogue.ids.tolist()) == sorted(kaggle.ids_of("train"))
     assert grids[1] == [int(train.catalogue.ids[i]) for i in np.argsort(-err)[:3]]

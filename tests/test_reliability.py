@@ -279,7 +279,7 @@ def test_predict_odd_images_are_predicted_and_a_truncated_one_stops_or_is_skippe
     assert sorted(got) == [p.stem for p in good]
     loaded = runs.load_model(run)
     for p in good:
-        want = np.clip(predict_array(loaded.model, decode(p, loaded.prep)[None]), 0, 1)[0]
+        want = np.clip(predict_array(loaded.model, decode(p, loaded.prep)[None], policy=loaded.policy), 0, 1)[0]
         np.testing.assert_allclose(got[p.stem], want, atol=2e-6, err_msg=p.name)
 
 

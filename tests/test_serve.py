@@ -88,7 +88,7 @@ def expected_values(run: Path, path: Path, tta: int) -> np.ndarray:
     """What the API must answer: the run's model applied directly to the decoded file."""
     loaded = runs.load_model(run, "best", "cpu")
     pixels = decode(path, loaded.prep)
-    return np.clip(predict_array(loaded.model, pixels[None], batch_size=8, device="cpu", tta=tta)[0], 0, 1)
+    return np.clip(predict_array(loaded.model, pixels[None], batch_size=8, policy=loaded.policy, tta=tta)[0], 0, 1)
 
 
 def check_prediction(result: dict, run: Path, path: Path, tta: int) -> None:

@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             ema=args.ema, patience=args.patience, loss=args.loss, head=args.head, augment=args.augment,
             model_options=_model_options(args), pretrained=args.pretrained, seed=args.seed, limit=args.limit,
             valid_fraction=args.valid_fraction, use_partial=not args.no_partial, skip_bad=args.skip_bad,
-            device=args.device, threads=args.threads, workers=args.workers, cache_dir=args.cache_dir)
+            device=args.device, precision=args.precision, threads=args.threads, workers=args.workers, cache_dir=args.cache_dir)
         run = train(cfg, progress=not args.quiet)
     if _is_main_process():
         print(f"run folder: {run}  (metrics.csv, best.safetensors, model.safetensors, config.json)")
@@ -72,6 +72,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate(args.run, args.data, args.split, which=args.weights, limit=args.limit,
                       batch_size=args.batch_size, device=args.device, skip_bad=args.skip_bad, tta=args.tta,
+                      precision=args.precision,
                       cache_dir=args.cache_dir, workers=args.workers, progress=not args.quiet)
     print(format_report(result))
     print(f"wrote {Path(args.run) / ('eval-' + args.split + '.json')}")
@@ -83,6 +84,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     s = predict(args.run, args.images, args.output, which=args.weights, batch_size=args.batch_size, tta=args.tta,
                 workers=args.workers, device=args.device, skip_bad=args.skip_bad, shard=args.shard,
+                precision=args.precision,
                 progress=not args.quiet)
     print(f"wrote {s.out}: {s.n_predicted} galaxies in {s.seconds:.1f} s ({s.images_per_second:.0f} img/s)"
           + (f"; skipped {len(s.skipped)} unreadable image(s), listed in {s.out}.json" if s.skipped else ""))
@@ -105,7 +107,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if not args.data:
             raise GzmorphError("plot --gallery needs --data DIR (the Kaggle-layout folder whose galaxies to show)")
         for path in plot_gallery(args.run, args.data, split=args.split, n=args.n, out_dir=args.out,
-                                 which=args.weights, tta=args.tta, device=args.device, progress=not args.quiet):
+                                 which=args.weights, tta=args.tta, device=args.device, precision=args.precision,
+                                 progress=not args.quiet):
             print(f"wrote {path}")
         return 0
     for path in plot_run(args.run, out_dir=args.out):
@@ -116,7 +119,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
-    serve(args.run, host=args.host, port=args.port, which=args.weights, device=args.device, tta=args.tta)
+    serve(args.run, host=args.host, port=args.port, which=args.weights, device=args.device, tta=args.tta,
+          precision=args.precision)
     return 0
 
 
@@ -158,8 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
+    def precision(sp):
+        sp.add_argument("--precision", default="auto", help="auto, fp32 or bf16: bf16 autocast + channels-last "
+                        "where the hardware does bf16 natively (auto), else fp32 (default: auto)")
+
     def common(sp, data=True):
         sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
+        precision(sp)
         sp.add_argument("--workers", type=int, default=None, help="JPEG-decoding processes (default: all cores)")
         sp.add_argument("--skip-bad", action="store_true",
                         help="leave out missing/unreadable images (counted and logged) instead of stopping")
@@ -239,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--weights", default="best")
     pl.add_argument("--tta", type=int, default=1, metavar="N", help=TTA_HELP)
     pl.add_argument("--device", default="auto")
+    precision(pl)
     pl.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     pl.set_defaults(func=cmd_plot)
 
@@ -249,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--weights", default="best")
     sv.add_argument("--tta", type=int, default=8, metavar="N", help=TTA_HELP + " (default 8)")
     sv.add_argument("--device", default="auto")
+    precision(sv)
     sv.set_defaults(func=cmd_serve)
 
     ex = sub.add_parser("export", help="export a run's model to ONNX (checked against PyTorch with onnxruntime)")

@@ -37,6 +37,7 @@ class TrainConfig:
     use_partial: bool = True  # train on training_solutions_partial.csv too (unknown answers masked in the loss)
     skip_bad: bool = False  # leave out rows with missing/unreadable images (logged, counted) instead of stopping
     device: str = "auto"  # "auto" = cuda if available, else cpu
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" (gzmorph.precision); saved resolved, so resume keeps it
     threads: int | None = None  # torch CPU threads; None: all cores
     workers: int | None = None  # processes decoding JPEGs; None: all cores
     cache_dir: str | None = None  # decoded-image cache; None: $GZMORPH_CACHE or ~/.cache/gzmorph
@@ -75,6 +76,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise GzmorphError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        from .precision import check_precision
+
+        check_precision(self.precision)
         if not self.lr > 0:
             raise GzmorphError(f"--lr must be positive, got {self.lr}")
 
@@ -84,4 +88,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
+        if "precision" not in d:  # a run made before the precision policy trained in fp32 (on CPUs, NCHW)
+            d = {**d, "precision": "fp32"}
         return cls(**{k: v for k, v in d.items() if k in known})

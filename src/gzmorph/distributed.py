@@ -56,7 +56,7 @@ def from_env() -> Cluster:
 
 def pick_device(cluster: Cluster, requested: str) -> torch.device:
     """Each process on a machine takes its own GPU (cuda:LOCAL_RANK); on CPUs they share the machine."""
-    from .inference import pick_device as pick
+    from .precision import pick_device as pick
 
     device = pick(requested)
     if cluster.enabled and device.type == "cuda" and device.index is None:

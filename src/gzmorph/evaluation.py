@@ -20,26 +20,26 @@ log = logging.getLogger("gzmorph")
 
 def evaluate(run: str | Path, data: str | Path, split: str = "test", *, which: str = "best",
              limit: int | None = None, batch_size: int = 256, device: str = "auto", skip_bad: bool = False,
-             tta: int = 1,
+             tta: int = 1, precision: str = "auto",
              cache_dir: str | None = None, workers: int | None = None, write: bool = True,
              progress: bool = True) -> dict:
     """Evaluate ``run`` on ``split`` of the Kaggle-layout folder ``data``; writes RUN/eval-<split>.json."""
     check_tta(tta)
     run = Path(run)
-    dev = pick_device(device)
-    loaded = runs.load_model(run, which, dev)
+    loaded = runs.load_model(run, which, pick_device(device), precision)
     cfg = loaded.config
     labelled = load_labelled(data, loaded.prep, (split,), use_partial=False, valid_fraction=cfg.valid_fraction,
                              seed=cfg.seed, limit=limit, skip_bad=skip_bad, cache_dir=cache_dir, workers=workers,
                              progress=progress)[split]
     cat = labelled.catalogue
     started = time.perf_counter()
-    pred = predict_array(loaded.model, labelled.pixels, batch_size, dev, tta=tta)
+    pred = predict_array(loaded.model, labelled.pixels, batch_size, loaded.policy, tta=tta)
     seconds = time.perf_counter() - started
     baseline = np.broadcast_to(runs.read_train_mean(run), pred.shape)
     result = {
         "run": str(run), "model": cfg.model, "weights": loaded.weights.name, "weights_sha256": loaded.sha256,
         "data": str(data), "split": split, "n_galaxies": int(len(cat)), "tta": tta,
+        "runtime": loaded.policy.describe(),
         **report(pred, cat.labels, cat.mask),
         "baseline": {"name": "train-mean", **report(baseline, cat.labels, cat.mask)},
         "tree_violations": int(tree.tree_violations(pred, tolerance=1e-3).any(axis=1).sum()),

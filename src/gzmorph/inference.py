@@ -19,20 +19,9 @@ import torch
 from .augment import rotate
 from .errors import GzmorphError
 from .loader import batch_indices, to_input
+from .precision import Policy, pick_device  # noqa: F401  (pick_device: re-exported for callers)
 
 TTA_VIEWS = (1, 2, 4, 8, 16, 32)
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` = the CUDA GPU if there is one, else the CPU; asking for CUDA without one is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GzmorphError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise GzmorphError(f"--device {name!r}: not a device name; use auto, cpu, cuda or cuda:N") from None
 
 
 def dihedral_views(x: torch.Tensor, n: int) -> list[torch.Tensor]:
@@ -61,13 +50,18 @@ def tta_views(x: torch.Tensor, n: int) -> Iterator[torch.Tensor]:
 
 
 @torch.no_grad()
-def predict_array(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = 256,
-                  device: torch.device | str = "cpu", tta: int = 1) -> np.ndarray:
-    """(N, S, S, 3) uint8 -> (N, 37) float32 predictions, in order, averaged over ``tta`` symmetric views."""
+def predict_array(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = 256, policy: Policy | None = None,
+                  tta: int = 1) -> np.ndarray:
+    """(N, S, S, 3) uint8 -> (N, 37) float32 predictions, in order, averaged over ``tta`` symmetric views.
+
+    ``policy`` says where and in which precision the model runs (default: fp32 on the CPU); the model must already
+    be placed by it (``policy.place(model)``)."""
+    policy = policy or Policy(torch.device("cpu"), "fp32")
     model.eval()
     out = []
     for idx in batch_indices(len(pixels), batch_size):
-        x = to_input(pixels[idx], device)
-        total = sum(model(v).float() for v in tta_views(x, tta))
+        x = to_input(pixels[idx], policy.device, policy.channels_last)
+        with policy.autocast():
+            total = sum(model(v).float() for v in tta_views(x, tta))
         out.append((total / tta).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 37), np.float32)

@@ -214,7 +214,7 @@ def _plot_grid(panels: list[dict], title: str, legend: str, out: Path) -> Path:
 
 
 def plot_gallery(run: str | Path, data: str | Path, *, split: str = "valid", n: int = 16,
-                 out_dir: str | Path | None = None, which: str = "best", tta: int = 1, device: str = "auto",
+                 out_dir: str | Path | None = None, which: str = "best", tta: int = 1, device: str = "auto", precision: str = "auto",
                  cache_dir: str | Path | None = None, workers: int | None = None,
                  progress: bool = True) -> list[Path]:
     """Two grids of ``n`` galaxies of ``split`` with their true and predicted answers: a seeded random sample
@@ -232,13 +232,12 @@ def plot_gallery(run: str | Path, data: str | Path, *, split: str = "valid", n: 
     run = Path(run)
     runs.read_config(run)  # a clear error if this is not a run folder, before anything slow
     out_dir = ensure_writable_dir(out_dir if out_dir else run)
-    dev = pick_device(device)
-    loaded = runs.load_model(run, which, dev)
+    loaded = runs.load_model(run, which, pick_device(device), precision)
     cfg = loaded.config
     labelled = load_labelled(data, loaded.prep, (split,), use_partial=False, valid_fraction=cfg.valid_fraction,
                              seed=cfg.seed, cache_dir=cache_dir, workers=workers, progress=progress)[split]
     cat = labelled.catalogue
-    pred = predict_array(loaded.model, labelled.pixels, 256, dev, tta=tta)
+    pred = predict_array(loaded.model, labelled.pixels, 256, loaded.policy, tta=tta)
     per_galaxy = galaxy_rmse(pred, cat.labels, cat.mask)
     layout = open_layout(data)
     display = Preprocess(loaded.prep.crop, min(DISPLAY_SIDE, loaded.prep.crop))

@@ -149,7 +149,8 @@ def _inputs_digest(paths: Sequence[Path]) -> str:
 
 def predict(run: str | Path, images: str | Path, out: str | Path = "submission.csv", *, which: str = "best",
             batch_size: int = 256, workers: int | None = None, device: str = "auto", skip_bad: bool = False,
-            tta: int = 1, shard: str | tuple[int, int] | None = None, progress: bool = True) -> PredictionSummary:
+            tta: int = 1, shard: str | tuple[int, int] | None = None, precision: str = "auto",
+            progress: bool = True) -> PredictionSummary:
     """Predict every image in ``images`` (folder, image or list file) with ``run``; write the Kaggle CSV ``out``.
 
     Unreadable images stop the job with the file named, or with ``skip_bad`` are left out, counted and listed in
@@ -163,9 +164,10 @@ def predict(run: str | Path, images: str | Path, out: str | Path = "submission.c
     cluster = distributed.from_env()
     if shard is None and cluster.enabled:
         return _predict_with_torchrun(cluster, run, images, out, which=which, batch_size=batch_size,
-                                      workers=workers, device=device, skip_bad=skip_bad, tta=tta, progress=progress)
+                                      workers=workers, device=device, skip_bad=skip_bad, tta=tta, precision=precision,
+                                      progress=progress)
     dev = distributed.pick_device(cluster, device)
-    loaded = runs.load_model(run, which, dev)
+    loaded = runs.load_model(run, which, dev, precision)
     all_paths = collect_inputs(images)
     paths = all_paths[shard_slice(len(all_paths), *shard)] if shard else all_paths
     if shard:
@@ -189,7 +191,7 @@ def predict(run: str | Path, images: str | Path, out: str | Path = "submission.c
                     log.warning("skipping %s: %s", p, why)
                     skipped.append((str(p), why))
                 if len(good):
-                    pred = np.clip(predict_array(loaded.model, pixels, batch_size, dev, tta=tta), 0.0, 1.0)
+                    pred = np.clip(predict_array(loaded.model, pixels, batch_size, loaded.policy, tta=tta), 0.0, 1.0)
                     rows = (galaxy_id(p) + "," + ",".join(f"{v:.6f}" for v in row) for p, row in zip(good, pred))
                     f.write("\n".join(rows) + "\n")
                     n += len(good)
@@ -206,7 +208,7 @@ def predict(run: str | Path, images: str | Path, out: str | Path = "submission.c
     atomic_write_json(Path(f"{out}.json"), {
         "csv": str(out), "run": str(run), "weights": str(loaded.weights), "weights_sha256": loaded.sha256,
         "gzmorph_version": __version__, "torch_version": torch.__version__, "n_predicted": n,
-        "tta": tta, "n_skipped": len(skipped), "skipped": [{"path": p, "why": w} for p, w in skipped],
+        "tta": tta, "precision": loaded.policy.name, "runtime": loaded.policy.describe(), "n_skipped": len(skipped), "skipped": [{"path": p, "why": w} for p, w in skipped],
         "seconds": summary.seconds, "shard": list(shard) if shard else None, "n_inputs": len(paths),
         "n_inputs_all_shards": len(all_paths), "inputs_sha256": _inputs_digest(all_paths)})
     return summary
@@ -269,7 +271,8 @@ def merge_shards(parts: Sequence[str | Path], out: str | Path) -> PredictionSumm
         raise GzmorphError(f"need each of the {n} shards exactly once: "
                            + (f"missing shard(s) {missing}" if missing else "") + ("; " if missing and dupes else "")
                            + (f"shard(s) {dupes} given twice" if dupes else ""))
-    for key, what in (("inputs_sha256", "image lists"), ("weights_sha256", "weights"), ("tta", "--tta settings")):
+    for key, what in (("inputs_sha256", "image lists"), ("weights_sha256", "weights"), ("tta", "--tta settings"),
+                      ("precision", "--precision settings")):
         if len({str(info.get(key)) for _, info in infos}) != 1:
             raise GzmorphError(f"the shards were predicted from different {what}; predict all shards of one job "
                                f"with the same command")
@@ -298,7 +301,8 @@ def merge_shards(parts: Sequence[str | Path], out: str | Path) -> PredictionSumm
     skipped = [(s["path"], s["why"]) for _, info in infos for s in info["skipped"]]
     first = infos[0][1]
     atomic_write_json(Path(f"{out}.json"), {
-        **{k: first[k] for k in ("run", "weights", "weights_sha256", "gzmorph_version", "torch_version", "tta")},
+        **{k: first[k] for k in ("run", "weights", "weights_sha256", "gzmorph_version", "torch_version", "tta",
+                                   "precision", "runtime") if k in first},
         "csv": str(out), "n_predicted": n_rows, "n_skipped": len(skipped),
         "skipped": [{"path": p, "why": w} for p, w in skipped], "seconds": max(i["seconds"] for _, i in infos),
         "shard": None, "merged_from": [str(p) for p, _ in infos], "n_inputs": first["n_inputs_all_shards"],

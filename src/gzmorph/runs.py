@@ -19,7 +19,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from . import __version__
 from .config import TrainConfig
 from .errors import GzmorphError
 from .fsio import atomic_write, atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from .precision import Policy
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
@@ -188,8 +191,10 @@ def read_metrics(run: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
-def write_config(run: Path, cfg: TrainConfig) -> None:
-    atomic_write_json(run / CONFIG, {"gzmorph_version": __version__, "train": cfg.to_dict()})
+def write_config(run: Path, cfg: TrainConfig, runtime: dict | None = None) -> None:
+    """``runtime``: where and how the run trains (device, precision, layout), recorded beside the config."""
+    atomic_write_json(run / CONFIG, {"gzmorph_version": __version__, "train": cfg.to_dict(),
+                                     **({"runtime": runtime} if runtime else {})})
 
 
 def read_config(run: Path) -> TrainConfig:
@@ -218,12 +223,14 @@ def read_train_mean(run: Path) -> np.ndarray:
 
 @dataclass
 class LoadedModel:
-    """A trained model ready for inference, with what is needed to prepare its images."""
+    """A trained model ready for inference, placed on its device and layout, with what is needed to prepare its
+    images and the precision policy it runs under."""
 
     model: nn.Module
     config: TrainConfig
     weights: Path
     sha256: str
+    policy: "Policy"
 
     @property
     def prep(self):
@@ -234,16 +241,22 @@ class LoadedModel:
         return Preprocess(spec.crop, spec.size)
 
 
-def load_model(run: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedModel:
-    """The model of a run folder: ``which`` = "best" (lowest valid RMSE), "last", or a path to a .safetensors."""
+def load_model(run: str | Path, which: str = "best", device: str | torch.device = "cpu",
+               precision: str = "auto") -> LoadedModel:
+    """The model of a run folder: ``which`` = "best" (lowest valid RMSE), "last", or a path to a .safetensors.
+
+    ``precision`` (auto | fp32 | bf16, see :mod:`gzmorph.precision`) is how it will run; the weights are float32
+    whatever it is."""
     from .models import create_model
+    from .precision import pick_device, resolve
 
     run = Path(run)
     cfg = read_config(run)
     path = Path(which) if which not in ("best", "last") else run / (BEST if which == "best" else LAST)
     if which == "best" and not path.exists():
         path = run / LAST
+    policy = resolve(precision, device if isinstance(device, torch.device) else pick_device(device))
     model = create_model(cfg.model, head=cfg.head, **cfg.model_options)
     load_weights(path, model)
-    model.to(device).eval()
-    return LoadedModel(model, cfg, path, file_sha256(path))
+    policy.place(model).eval()
+    return LoadedModel(model, cfg, path, file_sha256(path), policy)

@@ -94,11 +94,12 @@ def _preview(data: bytes, pixels: np.ndarray) -> str:
 class Predictor:
     """One loaded model and what the page needs from it."""
 
-    def __init__(self, run: str | Path, which: str = "best", device: str = "auto", tta: int = 8):
+    def __init__(self, run: str | Path, which: str = "best", device: str = "auto", tta: int = 8,
+                 precision: str = "auto"):
         check_tta(tta)
         self.run = Path(run)
-        self.device = pick_device(device)
-        self.loaded = runs.load_model(run, which, self.device)
+        self.loaded = runs.load_model(run, which, pick_device(device), precision)
+        self.device = self.loaded.policy.device
         self.prep = self.loaded.prep
         self.tta = tta
         self._lock = threading.Lock()
@@ -107,7 +108,7 @@ class Predictor:
         cfg = self.loaded.config
         return {"run": self.run.name or str(self.run), "model": cfg.model, "weights": self.loaded.weights.name,
                 "sha256": self.loaded.sha256, "tta": self.tta, "crop": self.prep.crop, "size": self.prep.size,
-                "device": str(self.device), "max_upload_bytes": MAX_UPLOAD_BYTES, "suffixes": list(IMAGE_SUFFIXES),
+                "device": str(self.device), "precision": self.loaded.policy.name, "max_upload_bytes": MAX_UPLOAD_BYTES, "suffixes": list(IMAGE_SUFFIXES),
                 "gzmorph_version": __version__}
 
     def predict(self, data: bytes, name: str) -> dict:
@@ -120,7 +121,7 @@ class Predictor:
             pixels = decode(path, self.prep)
         started = time.perf_counter()
         with self._lock:
-            raw = predict_array(self.loaded.model, pixels[None], batch_size=8, device=self.device, tta=self.tta)
+            raw = predict_array(self.loaded.model, pixels[None], 8, self.loaded.policy, tta=self.tta)
         values = np.clip(raw[0], 0.0, 1.0).astype(np.float64)
         log.info("predicted %s in %.2f s", name, time.perf_counter() - started)
         shares = tree.answer_shares(values)
@@ -242,13 +243,13 @@ class GzmorphServer(ThreadingHTTPServer):
 
 
 def make_server(run: str | Path, host: str = "127.0.0.1", port: int = 8000, which: str = "best",
-                device: str = "auto", tta: int = 8) -> GzmorphServer:
+                device: str = "auto", tta: int = 8, precision: str = "auto") -> GzmorphServer:
     """Load ``run``'s model and bind ``host:port`` (0 = a free port; the bound one is ``server.server_address[1]``).
     Nothing is served until ``serve_forever()``."""
     if not 0 <= port <= 65535:
         raise GzmorphError(f"--port must be between 0 and 65535, got {port}")
     page = _page()
-    predictor = Predictor(run, which, device, tta)
+    predictor = Predictor(run, which, device, tta, precision)
     try:
         return GzmorphServer((host, port), predictor, page)
     except socket.gaierror as e:
@@ -265,9 +266,9 @@ def make_server(run: str | Path, host: str = "127.0.0.1", port: int = 8000, whic
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, which: str = "best", device: str = "auto",
-          tta: int = 8) -> None:
+          tta: int = 8, precision: str = "auto") -> None:
     """Serve the page for ``run`` until Ctrl-C."""
-    server = make_server(run, host, port, which, device, tta)
+    server = make_server(run, host, port, which, device, tta, precision)
     if threading.current_thread() is threading.main_thread():
         # `kill` (SIGTERM, what service managers send) stops it as cleanly as Ctrl-C does.
         signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -6,7 +6,6 @@ a run resumed from its epoch-``e`` checkpoint continues exactly as the uninterru
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -28,6 +27,7 @@ from .inference import predict_array
 from .loader import batch_indices, to_input
 from .metrics import masked_loss, rmse
 from .models import create_model, get_spec
+from .precision import Policy, resolve
 
 log = logging.getLogger("gzmorph")
 
@@ -83,8 +83,9 @@ class WeightAverage:
             a.copy_(b)
 
 
-def _evaluate_split(model, data: LabelledImages, loss_kind: str, batch_size: int, device) -> tuple[float, float]:
-    pred = predict_array(model, data.pixels, batch_size, device)
+def _evaluate_split(model, data: LabelledImages, loss_kind: str, batch_size: int, policy: Policy
+                    ) -> tuple[float, float]:
+    pred = predict_array(model, data.pixels, batch_size, policy)
     cat = data.catalogue
     loss = float(masked_loss(torch.from_numpy(pred), torch.from_numpy(cat.labels), torch.from_numpy(cat.mask),
                              loss_kind))
@@ -112,16 +113,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     cluster = distributed.from_env()
     torch.set_num_threads(distributed.cpu_share(cluster, cfg.threads))
     device = distributed.pick_device(cluster, cfg.device)
+    policy = resolve(cfg.precision, device)
+    cfg = replace(cfg, precision=policy.name)  # saved resolved: a resumed run keeps the arithmetic it started with
     with distributed.process_group(cluster, device):
-        return _fit(cfg, run, resume, cluster, device, progress and cluster.is_main)
+        return _fit(cfg, run, resume, cluster, policy, progress and cluster.is_main)
 
 
-def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster, device: torch.device,
+def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster, policy: Policy,
          progress: bool) -> Path:
     """The loop. With several processes, every process draws the same shuffled batches (same seed) and takes rows
     ``rank::world`` of each, so the global batch, the learning rate schedule and the epoch length are those of a
     single process; DDP averages the gradients. Only rank 0 writes files."""
     main = cluster.is_main
+    device = policy.device
     spec = get_spec(cfg.model)
     prep = Preprocess(spec.crop, spec.size)
 
@@ -143,7 +147,7 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster
         if spec.load_pretrained is None:
             raise GzmorphError(f"model {cfg.model!r} has no pretrained weights to load")
         spec.load_pretrained(net, cfg.pretrained)
-    net.to(device)
+    policy.place(net)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.weight_decay \
         else torch.optim.Adam(params, lr=cfg.lr)
@@ -162,22 +166,17 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster
         if main:
             runs.write_train_mean(run, masked_mean(train_set.catalogue))
     if main:
-        runs.write_config(run, cfg)  # the epoch count may have grown on resume
+        runs.write_config(run, cfg, policy.describe())  # the epoch count may have grown on resume
 
     aug = get_augment(cfg.augment)
     labels = torch.from_numpy(train_set.catalogue.labels)
     mask = torch.from_numpy(train_set.catalogue.mask)
     n_batches = math.ceil(len(train_set) / cfg.batch_size)
-    channels_last = device.type == "cuda"  # tensor cores want NHWC; on CPUs oneDNN picks its own layout
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
     model = net
     if cluster.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    # bf16 autocast where it pays (CUDA); CPU runs stay fp32 so that they are bitwise reproducible.
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     from tqdm.auto import tqdm
 
     for epoch in range(state.epoch, cfg.epochs):
@@ -197,9 +196,10 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster
             idx = idx[cluster.rank::cluster.world]
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step, n_batches)
-            x = augment_batch(to_input(train_set.pixels[idx], device, channels_last), aug, gen)
+            x = augment_batch(to_input(train_set.pixels[idx], device, policy.channels_last), aug, gen)
+            x = x.contiguous(memory_format=policy.memory_format)  # grid_sample hands back NCHW
             y, m = labels[idx].to(device, non_blocking=True), mask[idx].to(device, non_blocking=True)
-            with autocast:
+            with policy.autocast():
                 pred = model(x)
             loss = masked_loss(pred.float(), y, m, cfg.loss)
             known = m.sum()
@@ -226,7 +226,7 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster
         scored = average.model if average is not None else net  # what evaluate/predict will load
         # Every process scores the whole valid split with identical weights, so all agree on the best epoch and on
         # stopping early without exchanging a message; only rank 0 writes.
-        valid_loss, valid_rmse = _evaluate_split(scored, valid_set, cfg.loss, max(256, cfg.batch_size), device)
+        valid_loss, valid_rmse = _evaluate_split(scored, valid_set, cfg.loss, max(256, cfg.batch_size), policy)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / known_sum, "train_rmse": math.sqrt(sq_sum / known_sum),
                "valid_loss": valid_loss, "valid_rmse": valid_rmse, "lr": optimizer.param_groups[0]["lr"],
                "seconds": time.perf_counter() - started}

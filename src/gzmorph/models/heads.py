@@ -23,6 +23,8 @@ class OutputHead(nn.Module):
         self.kind = kind
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        # Always float32, also under bf16 autocast: bf16's 8-bit mantissa would break the tree's sums by ~4e-3.
+        scores = scores.float()
         if self.kind == "sigmoid":
             return torch.sigmoid(scores)
         return tree.normalise(scores, mode="softmax" if self.kind == "tree" else "relu")
