@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE))
 import gzmorph  # noqa: E402
 from gzmorph import runs, tree  # noqa: E402
 from gzmorph.errors import GzmorphError  # noqa: E402
-from gzmorph.inference import pick_device  # noqa: E402
+from gzmorph.precision import pick_device  # noqa: E402
 from machine import describe_machine, machine_tag  # noqa: E402
 
 # name -> (model, TrainConfig overrides, what the recipe is). The first row is the student report's recipe.

@@ -28,12 +28,13 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from gzmorph.augment import augment_batch, get_augment  # noqa: E402
+from gzmorph.training.augment import augment_batch, get_augment  # noqa: E402
 from gzmorph.config import TrainConfig  # noqa: E402
-from gzmorph.images import Preprocess, decode_all  # noqa: E402
-from gzmorph.inference import pick_device  # noqa: E402
-from gzmorph.loader import to_input  # noqa: E402
-from gzmorph.metrics import masked_loss  # noqa: E402
+from gzmorph.data.cache import decode_all  # noqa: E402
+from gzmorph.data.images import Preprocess  # noqa: E402
+from gzmorph.precision import pick_device  # noqa: E402
+from gzmorph.data.batches import to_input  # noqa: E402
+from gzmorph.training.loss import masked_loss  # noqa: E402
 from gzmorph.models import create_model, get_spec  # noqa: E402
 from machine import describe_machine, machine_tag  # noqa: E402
 
@@ -42,9 +43,9 @@ import time, sys
 t0 = time.perf_counter()
 import torch, gzmorph
 from gzmorph.config import TrainConfig
-from gzmorph.data import load_labelled
-from gzmorph.images import Preprocess
-from gzmorph.loader import to_input
+from gzmorph.data.labelled import load_labelled
+from gzmorph.data.images import Preprocess
+from gzmorph.data.batches import to_input
 from gzmorph.models import create_model, get_spec
 data, model_name = sys.argv[1], sys.argv[2]
 cfg = TrainConfig(data=data, model=model_name).resolved()

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import gzmorph  # noqa: E402
-from gzmorph.inference import pick_device  # noqa: E402
+from gzmorph.precision import pick_device  # noqa: E402
 from machine import describe_machine, machine_tag  # noqa: E402
 
 
@@ -37,8 +37,8 @@ def timed_run(cfg: gzmorph.TrainConfig, data: str, device: str) -> dict:
     if Path(cfg.out).exists():
         shutil.rmtree(cfg.out)  # an unfinished earlier attempt: its time is unknown, start over
     # Decode once beforehand (a warm cache, as a user's second run has), so neither side pays for JPEG decoding.
-    from gzmorph.data import load_labelled
-    from gzmorph.images import Preprocess
+    from gzmorph.data.labelled import load_labelled
+    from gzmorph.data.images import Preprocess
     from gzmorph.models import get_spec
 
     spec = get_spec(cfg.model)

@@ -36,7 +36,7 @@ def _private_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> Path:
     """A small synthetic Kaggle-layout set shared by the end-to-end tests."""
-    from gzmorph.synth import make_synthetic
+    from gzmorph.data.synth import make_synthetic
 
     return make_synthetic(tmp_path_factory.mktemp("synth"), n=240, n_test=24, seed=1, workers=2)
 

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from gzmorph.augment import PRESETS, Augment, augment_batch, get_augment, random_affine
+from gzmorph.config import AUGMENTATIONS as PRESETS, Augment
+from gzmorph.training.augment import augment_batch, get_augment, random_affine
 from gzmorph.errors import GzmorphError
 
 

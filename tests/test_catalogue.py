@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gzmorph import tree
-from gzmorph.catalogue import Catalogue, read_catalogue
+from gzmorph.data.catalogue import Catalogue, read_catalogue
 from gzmorph.errors import GzmorphError
 
 from helpers import tree_labels, write_catalogue, write_csv

@@ -9,9 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from gzmorph.data import KaggleLayout, SPLITS, load_labelled, masked_mean, open_layout, read_splits
+from gzmorph.data.labelled import load_labelled, masked_mean
+from gzmorph.data.layout import KaggleLayout, open_layout
+from gzmorph.data.splits import SPLITS, read_splits
 from gzmorph.errors import GzmorphError
-from gzmorph.images import Preprocess, decode
+from gzmorph.data.images import Preprocess, decode
 
 from helpers import write_csv, write_kaggle_folder
 

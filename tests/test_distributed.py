@@ -16,8 +16,8 @@ import torch
 
 from gzmorph import runs
 from gzmorph.cli import main
-from gzmorph.distributed import Cluster, cpu_share, from_env
-from gzmorph.prediction import merge_shards, parse_shard, shard_slice
+from gzmorph.training.distributed import Cluster, cpu_share, from_env
+from gzmorph.inference.shards import merge_shards, parse_shard, shard_slice
 from helpers import cli_fails, make_fake_run, write_kaggle_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,7 +215,7 @@ def test_cluster_from_environment(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_each_local_rank_takes_its_own_gpu(monkeypatch):
-    from gzmorph.distributed import pick_device
+    from gzmorph.training.distributed import pick_device
 
     c = Cluster(rank=0, world=2, local_rank=0, local_world=2)
     assert pick_device(c, "auto") == torch.device("cuda", 0)

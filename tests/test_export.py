@@ -16,11 +16,12 @@ pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
-from gzmorph import __version__, export, runs, tree  # noqa: E402
+from gzmorph import __version__, runs, tree
+from gzmorph.inference import export  # noqa: E402
 from gzmorph.cli import main  # noqa: E402
 from gzmorph.errors import GzmorphError  # noqa: E402
-from gzmorph.export import export_onnx  # noqa: E402
-from gzmorph.loader import to_input  # noqa: E402
+from gzmorph.inference.export import export_onnx  # noqa: E402
+from gzmorph.data.batches import to_input  # noqa: E402
 from gzmorph.models import MODELS  # noqa: E402
 
 from helpers import cli_fails, make_fake_run, random_image  # noqa: E402

@@ -13,9 +13,11 @@ pytest.importorskip("astropy")
 from astropy.io import fits  # noqa: E402
 
 import gzmorph  # noqa: E402
-from gzmorph import images  # noqa: E402
-from gzmorph.images import BadImage, Preprocess, asinh_rgb, decode, image_stem, image_suffix, list_images  # noqa: E402
-from gzmorph.inference import predict_array  # noqa: E402
+from gzmorph.data import fits as images  # noqa: E402
+from gzmorph.data.fits import asinh_rgb  # noqa: E402
+from gzmorph.data.images import Preprocess, decode, image_stem, image_suffix, list_images  # noqa: E402
+from gzmorph.errors import BadImage  # noqa: E402
+from gzmorph.inference.tta import predict_array  # noqa: E402
 from gzmorph.runs import load_model  # noqa: E402
 
 from helpers import make_fake_run, random_image, write_image  # noqa: E402
@@ -250,7 +252,7 @@ def test_a_training_folder_may_hold_fits_cutouts(tmp_path, kaggle):
     """Kaggle's layout with some training images as FITS (e.g. cutouts fetched from a survey): found by GalaxyID and
     trained on like the JPEGs."""
     import gzmorph
-    from gzmorph.data import open_layout
+    from gzmorph.data.layout import open_layout
 
     gids = sorted(kaggle.ids_of("train"))[:2]
     for k, gid in enumerate(gids):

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gzmorph import plots, runs, tree
+from gzmorph import runs, tree
+from gzmorph.inference import gallery as plots
 from gzmorph.cli import main
-from gzmorph.data import load_labelled
+from gzmorph.data.labelled import load_labelled
 from gzmorph.errors import GzmorphError
-from gzmorph.inference import predict_array
+from gzmorph.inference.tta import predict_array
 from gzmorph.metrics import rmse
-from gzmorph.plots import galaxy_rmse, plot_gallery, sample_galaxies, worst_galaxies
+from gzmorph.inference.gallery import galaxy_rmse, plot_gallery, sample_galaxies, worst_galaxies
 
 from helpers import cli_fails, make_fake_run, random_image, tree_labels
 
@@ -104,7 +105,7 @@ def test_gallery_on_synthetic_data(tmp_path, synthetic_data):
 
 def longest_line() -> str:
     """The widest line a panel can get: the longest question name, answer and mismatched answer."""
-    lines = (f"Q{q.number} {plots.SHORT_QUESTION[q.number]}: {a.text} 100% | 100% \u2192 {b.text}"
+    lines = (f"Q{q.number} {plots.question_label(q)}: {a.text} 100% | 100% \u2192 {b.text}"
              for q in tree.QUESTIONS for a in q.answers for b in q.answers if a != b)
     return max(lines, key=len)
 

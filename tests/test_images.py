@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gzmorph import images
+from gzmorph.data import cache as images_cache, decoder, images
 from gzmorph.errors import GzmorphError
-from gzmorph.images import BadImage, Preprocess, decode, decode_all, list_images
+from gzmorph.data.cache import decode_all
+from gzmorph.data.images import Preprocess, decode, list_images
+from gzmorph.errors import BadImage
 
 from helpers import random_image, write_image
 
@@ -190,7 +192,7 @@ def test_cache_hit_returns_the_same_pixels_without_decoding(tmp_path, files, mon
     def boom(*a, **k):
         raise AssertionError("decode() called on a cache hit")
 
-    monkeypatch.setattr(images, "decode", boom)
+    monkeypatch.setattr(decoder, "decode", boom)
     started = time.perf_counter()
     second = decode_all(files, PREP, cache_dir=tmp_path / "c", workers=1, progress=False)
     assert time.perf_counter() - started < 1.0
@@ -260,4 +262,4 @@ def test_unwritable_cache_dir_is_a_gzmorph_error(tmp_path, files):
 
 def test_default_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("GZMORPH_CACHE", str(tmp_path / "env-cache"))
-    assert images.default_cache_dir() == tmp_path / "env-cache"
+    assert images_cache.default_cache_dir() == tmp_path / "env-cache"

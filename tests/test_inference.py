@@ -8,8 +8,8 @@ import torch
 
 from gzmorph import tree
 from gzmorph.errors import GzmorphError
-from gzmorph.augment import rotate
-from gzmorph.inference import check_tta, dihedral_views, predict_array, tta_views
+from gzmorph.training.augment import rotate
+from gzmorph.inference.tta import check_tta, dihedral_views, predict_array, tta_views
 from gzmorph.models import create_model
 from gzmorph.models.dieleman import N_VIEWS, VIEW, ViewpointExtraction
 

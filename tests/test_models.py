@@ -80,13 +80,14 @@ def test_seed_cnn_parameter_count():
 
 
 def test_seed_cnn_layers_and_flatten_size():
-    model = create_model("seed-cnn")
+    net = create_model("seed-cnn")
+    model = net.backbone  # the report's layers up to the last Dense; that Dense and the sigmoid are the head
     conv_block = [nn.Conv2d, nn.ReLU, nn.Conv2d, nn.ReLU, nn.MaxPool2d]
     expected = ([nn.BatchNorm2d] + conv_block * 3
                 + [nn.Flatten, nn.Dropout, nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear])
-    layers = list(model)
+    layers = [*model, net.head.linear, net.head.output]
     assert [type(m) for m in layers[:-1]] == expected
-    assert type(layers[-1]).__name__ == "OutputHead" and layers[-1].kind == "sigmoid"
+    assert type(layers[-1]).__name__ == "OutputFunction" and layers[-1].kind == "sigmoid"
     assert [m.out_channels for m in layers if isinstance(m, nn.Conv2d)] == [128, 128, 64, 64, 32, 32]
     assert all(m.padding == (0, 0) and m.kernel_size == (3, 3) for m in layers if isinstance(m, nn.Conv2d))
     assert [(m.in_features, m.out_features) for m in layers if isinstance(m, nn.Linear)] == \
@@ -102,7 +103,7 @@ def test_seed_cnn_layers_and_flatten_size():
 
 def test_seed_cnn_keras_initialisation():
     model = create_model("seed-cnn")
-    for m in model:
+    for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             assert torch.count_nonzero(m.bias) == 0  # Keras: zero bias
             fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(m.weight)
@@ -128,7 +129,8 @@ def torchvision_resnet50_backbone_keys() -> list[str]:
 
 
 def test_resnet50_matches_torchvision_layout():
-    model = create_model("seed-resnet50")
+    net = create_model("seed-resnet50")
+    model = net.backbone
     backbone = model.backbone_state_dict()
     reference = torchvision_resnet50_backbone_keys()
     # 53 convs (1 stem + 16 blocks * 3 + 4 shortcuts), each with a BatchNorm of 5 entries: 53 + 53 * 5 = 318.
@@ -137,20 +139,21 @@ def test_resnet50_matches_torchvision_layout():
     for key in ("layer4.2.bn3.running_var", "layer1.0.downsample.0.weight", "bn1.num_batches_tracked"):
         assert key in backbone
     # torchvision resnet50 has 25,557,032 parameters; minus fc (2048 * 1000 + 1000) leaves 23,508,032.
-    assert sum(p.numel() for n, p in model.named_parameters() if not n.startswith("head_fc")) == 23_508_032
+    assert sum(p.numel() for n, p in net.named_parameters() if not n.startswith("head.")) == 23_508_032
     assert model.layer2[0].conv2.stride == (2, 2) and model.layer2[0].conv1.stride == (1, 1)  # v1.5
 
-    state = model.state_dict()
-    assert not any(k.startswith("fc.") for k in state)
-    assert set(state) - set(reference) == {"head_fc.weight", "head_fc.bias"}  # normalisation buffers not saved
-    assert model.head_fc.in_features == 18_432
-    assert sum(p.numel() for p in model.parameters()) == 23_508_032 + 18_432 * 37 + 37  # 24,190,053
+    state = net.state_dict()
+    assert not any(k.startswith(("fc.", "backbone.fc.")) for k in state)
+    # normalisation buffers not saved
+    assert set(state) - {f"backbone.{k}" for k in reference} == {"head.linear.weight", "head.linear.bias"}
+    assert net.head.linear.in_features == 18_432
+    assert sum(p.numel() for p in net.parameters()) == 23_508_032 + 18_432 * 37 + 37  # 24,190,053
     with torch.no_grad():
         assert model.eval().features(torch.rand(2, 3, 74, 74)).shape == (2, 2048, 3, 3)
 
 
 def test_resnet_normalises_its_input_with_imagenet_statistics():
-    model = create_model("seed-resnet50").eval()
+    model = create_model("seed-resnet50").eval().backbone
     with torch.no_grad():
         mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
         assert torch.equal(model.input_mean, mean)
@@ -175,7 +178,7 @@ def torchvision_state() -> dict[str, torch.Tensor]:
     """A stand-in for torchvision's resnet50 file: random tensors of the right shapes, with a 1000-class fc."""
     generator = torch.Generator().manual_seed(1)
     state = {}
-    for key, value in create_model("seed-resnet50").backbone_state_dict().items():
+    for key, value in create_model("seed-resnet50").backbone.backbone_state_dict().items():
         if value.is_floating_point():
             state[key] = torch.randn(value.shape, generator=generator).abs()  # abs: valid running_var too
         else:
@@ -209,12 +212,12 @@ def test_load_torchvision_weights(how, torchvision_state, tmp_path, hub_dir, cap
     else:
         source = str(_save(torchvision_state, tmp_path / f"resnet50.{how}"))
     model = create_model("seed-resnet50")
-    head_before = model.head_fc.weight.clone()
+    head_before = model.head.linear.weight.clone()
     with caplog.at_level(logging.INFO, logger="gzmorph"):
         get_spec("seed-resnet50").load_pretrained(model, source)
-    for key, value in model.backbone_state_dict().items():
+    for key, value in model.backbone.backbone_state_dict().items():
         assert torch.equal(value, torchvision_state[key]), key
-    assert torch.equal(model.head_fc.weight, head_before)  # fc.* in the file never reaches our head
+    assert torch.equal(model.head.linear.weight, head_before)  # fc.* in the file never reaches our head
     assert "loaded 318 pretrained tensors" in caplog.text
     if how == "file-url":
         assert (hub_dir / "checkpoints" / "resnet50-weights.pth").is_file()
@@ -252,7 +255,7 @@ def test_load_tolerates_missing_num_batches_tracked(torchvision_state, tmp_path)
     state = {k: v for k, v in torchvision_state.items() if not k.endswith("num_batches_tracked")}
     model = create_model("seed-resnet50")
     load_torchvision_weights(model, str(_save(state, tmp_path / "old.pth")))
-    assert torch.equal(model.layer1[0].bn1.running_var, state["layer1.0.bn1.running_var"])
+    assert torch.equal(model.backbone.layer1[0].bn1.running_var, state["layer1.0.bn1.running_var"])
 
 
 def test_load_reports_missing_files_and_unknown_formats(tmp_path):
@@ -320,11 +323,11 @@ def test_freeze_143_leaves_layer4_and_head_trainable():
     torch.manual_seed(0)
     model = create_model("seed-resnet50", freeze_layers=143)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {n for n, _ in model.named_parameters() if n.startswith(("layer4.", "head_fc."))}
+    assert trainable == {n for n, _ in model.named_parameters() if n.startswith(("backbone.layer4.", "head."))}
 
     model.train()
     for name, bn in _bn_modules(model).items():
-        assert bn.training == name.startswith("layer4."), name
+        assert bn.training == name.startswith("backbone.layer4."), name
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
@@ -333,24 +336,26 @@ def test_freeze_143_leaves_layer4_and_head_trainable():
     optimiser.step()
     after = model.state_dict()
     for key, value in before.items():
-        if key.startswith(("layer4.", "head_fc.")):
+        if key.startswith(("backbone.layer4.", "head.")):
             continue
         assert torch.equal(after[key], value), key  # weights and BN running statistics alike
-    assert not torch.equal(after["layer4.0.conv1.weight"], before["layer4.0.conv1.weight"])
-    assert not torch.equal(after["layer4.2.bn3.running_mean"], before["layer4.2.bn3.running_mean"])
-    assert not torch.equal(after["head_fc.weight"], before["head_fc.weight"])
+    assert not torch.equal(after["backbone.layer4.0.conv1.weight"], before["backbone.layer4.0.conv1.weight"])
+    assert not torch.equal(after["backbone.layer4.2.bn3.running_mean"], before["backbone.layer4.2.bn3.running_mean"])
+    assert not torch.equal(after["head.linear.weight"], before["head.linear.weight"])
 
 
 def test_freeze_extremes_and_validation():
     everything = create_model("seed-resnet50", freeze_layers=175)
-    assert {n for n, p in everything.named_parameters() if p.requires_grad} == {"head_fc.weight", "head_fc.bias"}
+    assert {n for n, p in everything.named_parameters() if p.requires_grad} == {"head.linear.weight",
+                                                                                 "head.linear.bias"}
     assert not any(bn.training for bn in _bn_modules(everything.train()).values())
     nothing = create_model("seed-resnet50", freeze_layers=0)
     assert all(p.requires_grad for p in nothing.parameters())
     assert all(bn.training for bn in _bn_modules(nothing.train()).values())
     partial = create_model("seed-resnet50", freeze_layers=10)  # input .. conv2_block1_1_relu
     assert [n for n, p in partial.named_parameters() if not p.requires_grad] == [
-        "conv1.weight", "bn1.weight", "bn1.bias", "layer1.0.conv1.weight", "layer1.0.bn1.weight", "layer1.0.bn1.bias"]
+        f"backbone.{n}" for n in ("conv1.weight", "bn1.weight", "bn1.bias", "layer1.0.conv1.weight",
+                                  "layer1.0.bn1.weight", "layer1.0.bn1.bias")]
     for bad in (-1, 176, 1.5, True, "many"):
         with pytest.raises(GzmorphError, match="freeze_layers"):
             create_model("seed-resnet50", freeze_layers=bad)

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from gzmorph import tree
-from gzmorph.catalogue import read_catalogue
+from gzmorph.data.catalogue import read_catalogue
 from gzmorph.cli import main
-from gzmorph.data import load_catalogue_splits, open_layout
+from gzmorph.data.labelled import load_catalogue_splits
+from gzmorph.data.layout import open_layout
 
 pytestmark = pytest.mark.realdata
 

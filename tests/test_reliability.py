@@ -42,11 +42,11 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from gzmorph import runs, tree
-from gzmorph.catalogue import read_catalogue
+from gzmorph.data.catalogue import read_catalogue
 from gzmorph.cli import main
 from gzmorph.errors import GzmorphError
-from gzmorph.images import decode
-from gzmorph.inference import predict_array
+from gzmorph.data.images import decode
+from gzmorph.inference.tta import predict_array
 
 from helpers import cli_fails as fails, make_fake_run, random_image, tree_labels, write_image
 
@@ -122,7 +122,7 @@ def small_train_args(tmp_path, root, *extra) -> list:
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     """A synthetic Kaggle-layout set of 60 galaxies (no splits.csv: 54 train, 6 valid), and a shared image cache."""
-    from gzmorph.synth import make_synthetic
+    from gzmorph.data.synth import make_synthetic
 
     base = tmp_path_factory.mktemp("reliability")
     return make_synthetic(base / "data", n=60, n_test=6, seed=1, workers=1), base / "cache"

@@ -28,12 +28,13 @@ import pytest
 import torch
 from PIL import Image
 
-from gzmorph import runs, serve as serve_module, tree
+from gzmorph import runs, tree
+from gzmorph.inference import serve as serve_module
 from gzmorph.errors import GzmorphError
-from gzmorph.images import decode
-from gzmorph.inference import predict_array
-from gzmorph.prediction import galaxy_id
-from gzmorph.serve import MAX_UPLOAD_BYTES, make_server
+from gzmorph.data.images import decode
+from gzmorph.inference.tta import predict_array
+from gzmorph.inference.predict import galaxy_id
+from gzmorph.inference.serve import MAX_UPLOAD_BYTES, make_server
 
 from helpers import cli_fails, make_fake_run, random_image, write_image
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,12 @@ from PIL import Image
 from gzmorph import tree
 from gzmorph.errors import GzmorphError
 
-# gzmorph/__init__.py defines a function called `synth`, so fetch the module itself, not the package attribute.
-synth = importlib.import_module("gzmorph.synth")
+from gzmorph.data import synth
+from gzmorph.data.layout import SOLUTIONS
 
 
 def read_solutions(root: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    with open(root / synth.SOLUTIONS_CSV, newline="") as f:
+    with open(root / SOLUTIONS, newline="") as f:
         rows = list(csv.reader(f))
     header, body = rows[0], rows[1:]
     ids = np.array([int(r[0]) for r in body])
@@ -50,7 +49,7 @@ def large(tmp_path_factory) -> Path:
 
 def test_layout_and_header(small):
     assert (small / "README.md").read_text().lower().count("synthetic") >= 1
-    first_line = (small / synth.SOLUTIONS_CSV).read_text().splitlines()[0]
+    first_line = (small / SOLUTIONS).read_text().splitlines()[0]
     assert first_line == "GalaxyID," + ",".join(tree.COLUMNS)
     header, ids, labels = read_solutions(small)
     assert labels.shape == (40, tree.N_OUTPUTS)
@@ -59,7 +58,7 @@ def test_layout_and_header(small):
 
 
 def test_values_have_six_decimals(small):
-    body = (small / synth.SOLUTIONS_CSV).read_text().splitlines()[1:]
+    body = (small / SOLUTIONS).read_text().splitlines()[1:]
     for line in body:
         gid, *values = line.split(",")
         assert len(gid) == 6 and gid.isdigit()
@@ -118,7 +117,7 @@ def test_same_seed_gives_identical_files(small, tmp_path):
 
 def test_different_seed_gives_different_data(small, tmp_path):
     other = synth.make_synthetic(tmp_path, n=40, seed=4)
-    assert (other / synth.SOLUTIONS_CSV).read_bytes() != (small / synth.SOLUTIONS_CSV).read_bytes()
+    assert (other / SOLUTIONS).read_bytes() != (small / SOLUTIONS).read_bytes()
     name = f"{synth.TRAIN_IMAGES}/{synth.galaxy_ids(1)[0]}.jpg"
     assert (other / name).read_bytes() != (small / name).read_bytes()
 
@@ -131,9 +130,9 @@ def test_workers_do_not_change_output(small, tmp_path):
 def test_overwrites_its_own_files_and_keeps_others(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     synth.make_synthetic(tmp_path, n=3, seed=1)
-    csv_before = (tmp_path / synth.SOLUTIONS_CSV).read_bytes()
+    csv_before = (tmp_path / SOLUTIONS).read_bytes()
     synth.make_synthetic(tmp_path, n=3, seed=2)
-    assert (tmp_path / synth.SOLUTIONS_CSV).read_bytes() != csv_before
+    assert (tmp_path / SOLUTIONS).read_bytes() != csv_before
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
@@ -142,7 +141,7 @@ def test_overwrites_its_own_files_and_keeps_others(tmp_path):
 def test_bad_arguments_raise_gzmorph_error(tmp_path, kwargs):
     with pytest.raises(GzmorphError):
         synth.make_synthetic(tmp_path, **kwargs)
-    assert not (tmp_path / synth.SOLUTIONS_CSV).exists()
+    assert not (tmp_path / SOLUTIONS).exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------

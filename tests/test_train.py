@@ -44,7 +44,7 @@ def test_existing_run_needs_resume(synthetic_data, tmp_path):
 def test_nan_loss_stops_with_message(synthetic_data, tmp_path, monkeypatch):
     import torch
 
-    from gzmorph import training as train_module
+    from gzmorph.training import loop as train_module
 
     monkeypatch.setattr(train_module, "masked_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(GzmorphError, match="diverged"):
@@ -127,7 +127,7 @@ def test_api_names_stay_functions_after_every_module_is_imported():
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-    from gzmorph.training import learning_rate
+    from gzmorph.training.schedule import learning_rate
 
     cfg = gzmorph.TrainConfig(data="", model="gznet", epochs=4, lr=0.01, schedule="cosine", warmup_epochs=1).resolved()
     lrs = [learning_rate(cfg, step, 10) for step in range(40)]
@@ -183,7 +183,7 @@ def test_early_stopping_ends_the_run_and_resume_respects_it(synthetic_data, tmp_
 
 def test_weight_average_is_what_gets_saved(synthetic_data, tmp_path):
     from gzmorph.models import create_model
-    from gzmorph.training import WeightAverage
+    from gzmorph.training.average import WeightAverage
 
     torch_model = create_model("gznet", widths=[8], depths=[1])
     avg = WeightAverage(torch_model, 0.5)

@@ -117,12 +117,17 @@ def test_normalise_float32_and_batch_dimensions():
     torch.testing.assert_close(out.reshape(10, 37), tree.normalise(scores.reshape(10, 37)))
 
 
-def test_normalise_relu_question_with_no_positive_score_is_zero_not_nan():
+def test_normalise_relu_question_with_no_positive_score_gets_equal_shares():
+    """Dieleman's ReLU-and-divide has nothing to divide when every score of a question is <= 0; the question then
+    gets equal shares (a valid distribution), so the tree's sums still hold instead of the question summing to 0."""
     scores = torch.randn(4, 37)
-    scores[:, 0:3] = -1.0  # Q1 all negative -> Q1 and everything below it is 0
+    scores[:, 0:3] = -1.0  # Q1 all negative
+    scores[:, 3:5] = 0.0  # Q2 all exactly zero
     out = tree.normalise(scores, "relu")
     assert torch.isfinite(out).all()
-    assert (out[:, 0:3] == 0).all()
+    assert torch.allclose(out[:, 0:3], torch.full((4, 3), 1 / 3))
+    assert torch.allclose(out[:, 3:5], out[:, 1:2].expand(4, 2) / 2)  # equal shares of its parent's value
+    assert not tree.tree_violations(out.numpy(), tolerance=1e-6).any()
 
 
 @pytest.mark.parametrize("mode", ["softmax", "relu"])

@@ -5,20 +5,40 @@
     print(gzmorph.evaluate(run, "data/galaxy-zoo", split="test", tta=8)["rmse"])
     gzmorph.predict(run, "data/galaxy-zoo/images_test_rev1", "submission.csv")
     gzmorph.plot(run)
+
+The code follows the data: ``data/`` (files in -> arrays), ``models/``, ``training/`` (arrays -> a trained run),
+``inference/`` (a run -> answers); the README's "Code map" says what lives where.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-# The API is these functions; the modules behind them have other names (training, evaluation, prediction), so that
-# importing a module can never replace the function `gzmorph.train` with a module of the same name.
-from .config import TrainConfig  # noqa: E402
-from .errors import GzmorphError  # noqa: E402
-from .training import train  # noqa: E402
-from .evaluation import evaluate  # noqa: E402
-from .prediction import predict  # noqa: E402
-from .plots import plot_run as plot  # noqa: E402
-from .runs import load_model  # noqa: E402
-from .synth import make_synthetic as synth  # noqa: E402
+from importlib import import_module
 
-__all__ = ["TrainConfig", "GzmorphError", "train", "evaluate", "predict", "plot", "load_model", "synth",
-           "__version__"]
+from .version import __version__
+
+# The API, imported on first use (PEP 562): `import gzmorph` and `gzmorph --help` load no torch.
+_API = {
+    "TrainConfig": ("gzmorph.config", "TrainConfig"),
+    "GzmorphError": ("gzmorph.errors", "GzmorphError"),
+    "train": ("gzmorph.training.loop", "train"),
+    "evaluate": ("gzmorph.inference.evaluate", "evaluate"),
+    "predict": ("gzmorph.inference.predict", "predict"),
+    "plot": ("gzmorph.inference.plots", "plot_run"),
+    "load_model": ("gzmorph.runs", "load_model"),
+    "synth": ("gzmorph.data.synth", "make_synthetic"),
+}
+
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'gzmorph' has no attribute {name!r}")
+    module, attr = _API[name]
+    value = getattr(import_module(module), attr)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

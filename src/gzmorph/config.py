@@ -1,7 +1,11 @@
-"""The typed training configuration, saved as JSON beside every checkpoint (the nanoGPT pattern).
+"""The typed training configuration, saved as JSON beside every checkpoint (the nanoGPT pattern), and the value sets
+its fields accept.
 
-Fields left as None take the model's recipe defaults (see ``models/``), so ``gzmorph train --model seed-cnn``
-reproduces the report's recipe and a newer model gets its own tuned recipe.
+Each field carries its own help text: ``gzmorph train``'s flags are built from these fields (``cli.py``), so a new
+field is a new flag with nothing else to edit. Fields left as None take the model's recipe (``models/``), so
+``gzmorph train --model seed-cnn`` reproduces the report's recipe and a newer model gets its own tuned recipe.
+
+This module imports no torch: ``gzmorph --help`` reads it.
 """
 
 from __future__ import annotations
@@ -9,38 +13,91 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from .errors import GzmorphError
+from .errors import BadArgument
+
+LOSSES = ("bce", "mse")
+HEADS = ("sigmoid", "tree", "tree-relu")  # see models/heads.py
+SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16")  # see precision.py
+TTA_VIEWS = (1, 2, 4, 8, 16, 32)  # see inference/tta.py
+
+
+@dataclass(frozen=True)
+class Augment:
+    """One augmentation recipe (applied by ``training/augment.py``): galaxy morphology does not depend on orientation,
+    mirror image or (within limits) distance, so none of these changes a label."""
+
+    rotation: str = "none"  # "none" | "90" (multiples of 90 degrees: exact, no interpolation) | "any"
+    flip: bool = False  # mirror image with probability 1/2
+    shift: float = 0.0  # maximum shift, as a fraction of the image side, uniform in [-shift, shift] on each axis
+    zoom: float = 1.0  # maximum zoom factor: scale log-uniform in [1/zoom, zoom]
+    brightness: float = 0.0  # per-image, per-channel gain log-uniform in [exp(-b), exp(b)]
+
+    @property
+    def is_identity(self) -> bool:
+        return self == Augment()
+
+
+AUGMENTATIONS: dict[str, Augment] = {
+    "none": Augment(),
+    # The report's Keras generator: flips, 90-degree rotations, small shifts and rescaling.
+    "report": Augment(rotation="90", flip=True, shift=0.05, zoom=1.1),
+    # Dieleman (2014): any angle, flips, log-uniform zoom 1/1.3..1.3, shifts of a few pixels, colour perturbation.
+    "strong": Augment(rotation="any", flip=True, shift=0.05, zoom=1.3, brightness=0.1),
+}
+
+
+def knob(default: Any = None, help: str = "", *, choices: tuple | None = None, factory=None) -> Any:  # noqa: A002
+    """A config field with its help text (and accepted values) kept beside it, for the CLI built from the fields."""
+    metadata = {"help": help, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+RECIPE = "; default: the model's recipe"
 
 
 @dataclass
 class TrainConfig:
-    data: str  # Kaggle-layout folder (images_training_rev1/, training_solutions_rev1.csv, optional splits.csv)
-    out: str = "runs/run"  # run folder: config, checkpoints, metrics
-    model: str = "gznet"  # a name from `gzmorph models`; gznet is the default, seed-cnn the report's CNN
-    epochs: int | None = None  # passes over the training split; None: the model's recipe
-    batch_size: int | None = None  # None: the model's recipe
-    lr: float | None = None  # peak Adam learning rate; None: the model's recipe
-    weight_decay: float | None = None  # AdamW's decoupled decay; 0 = plain Adam as in the report; None: recipe
-    schedule: str | None = None  # "constant" (the report) or "cosine" (linear warm-up, cosine decay to 0); None: recipe
-    warmup_epochs: float | None = None  # linear warm-up length for "cosine" (large lr on random weights diverges)
-    ema: float | None = None  # decay of an exponential moving average of the weights, evaluated and saved instead
-    #                           of the raw weights (smooths the last noisy steps); 0 = off; None: recipe
-    patience: int | None = None  # stop after this many epochs without a better valid RMSE; None = never stop early
-    loss: str | None = None  # "bce" (the report) or "mse" (the Kaggle metric is RMSE); None: the model's recipe
-    head: str | None = None  # "sigmoid" | "tree" | "tree-relu"; None: the model's recipe
-    augment: str | None = None  # "none" | "report" | "strong"; None: the model's recipe
-    model_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"freeze_layers": 143} for seed-resnet50
-    pretrained: str | None = None  # weights file/URL for families that have them (seed-resnet50: torchvision)
-    seed: int = 0  # shuffling, augmentation, dropout and init all derive from it: same seed, same run
-    limit: int | None = None  # at most this many galaxies per split (quick runs, tests)
-    valid_fraction: float = 0.1  # used only when the data has no splits.csv
-    use_partial: bool = True  # train on training_solutions_partial.csv too (unknown answers masked in the loss)
-    skip_bad: bool = False  # leave out rows with missing/unreadable images (logged, counted) instead of stopping
-    device: str = "auto"  # "auto" = cuda if available, else cpu
-    precision: str = "auto"  # "auto" | "fp32" | "bf16" (gzmorph.precision); saved resolved, so resume keeps it
-    threads: int | None = None  # torch CPU threads; None: all cores
-    workers: int | None = None  # processes decoding JPEGs; None: all cores
-    cache_dir: str | None = None  # decoded-image cache; None: $GZMORPH_CACHE or ~/.cache/gzmorph
+    data: str = knob("", "Kaggle-layout folder (images_training_rev1/, training_solutions_rev1.csv, optional "
+                         "splits.csv)")
+    out: str = knob("runs/run", "run folder to create: config, checkpoints, metrics")
+    model: str = knob("gznet", "a model from `gzmorph models`; gznet is the default, seed-cnn the report's CNN")
+    epochs: int | None = knob(None, "passes over the training split" + RECIPE)
+    batch_size: int | None = knob(None, "galaxies per optimizer step (the global batch under torchrun)" + RECIPE)
+    lr: float | None = knob(None, "peak learning rate" + RECIPE)
+    weight_decay: float | None = knob(None, "AdamW's decoupled decay; 0 = plain Adam, as in the report" + RECIPE)
+    schedule: str | None = knob(None, "learning-rate schedule: constant (the report) or cosine (linear warm-up, "
+                                      "cosine decay to 0)" + RECIPE, choices=SCHEDULES)
+    warmup_epochs: float | None = knob(None, "linear warm-up before the cosine decay (a large lr on random weights "
+                                             "diverges)" + RECIPE)
+    ema: float | None = knob(None, "decay of a moving average of the weights, evaluated and saved instead of the "
+                                   "raw weights (smooths the last noisy steps), e.g. 0.999; 0 = off" + RECIPE)
+    patience: int | None = knob(None, "stop after this many epochs without a better valid RMSE (default: never)")
+    loss: str | None = knob(None, "bce (the report) or mse (the Kaggle metric is RMSE)" + RECIPE, choices=LOSSES)
+    head: str | None = knob(None, "output head: tree (per-question softmax x parent answer), tree-relu "
+                                  "(Dieleman's), sigmoid (the report's)" + RECIPE, choices=HEADS)
+    augment: str | None = knob(None, "augmentation: none, report (flips, quarter turns, shifts, zoom) or strong "
+                                     "(any angle, zoom, shifts, colour)" + RECIPE, choices=tuple(AUGMENTATIONS))
+    model_options: dict[str, Any] = knob(help="model options (see `gzmorph models`), e.g. {'widths': [48, 96, 192, "
+                                              "384]}; on the command line --option KEY=VALUE", factory=dict)
+    pretrained: str | None = knob(None, "weights file or URL for families that have them (seed-resnet50, "
+                                        "resnet50: torchvision's; 'imagenet' for its ImageNet weights)")
+    seed: int = knob(0, "shuffling, augmentation, dropout and initialisation all derive from it: same seed, "
+                        "same run")
+    limit: int | None = knob(None, "at most this many galaxies per split (quick runs, tests)")
+    valid_fraction: float = knob(0.1, "the valid share of a seeded random split, used only without splits.csv")
+    use_partial: bool = knob(True, "train on training_solutions_partial.csv too (its unknown answers are masked "
+                                   "in the loss)")
+    skip_bad: bool = knob(False, "leave out rows with missing or unreadable images (logged, counted) instead of "
+                                 "stopping")
+    device: str = knob("auto", "cpu, cuda, cuda:1 ...; auto = the GPU if there is one")
+    precision: str = knob("auto", "fp32, or bf16 autocast + channels-last; auto = bf16 where the hardware does it "
+                                  "natively. Saved resolved, so a resumed run keeps it", choices=PRECISIONS)
+    threads: int | None = knob(None, "torch CPU threads (default: all cores)")
+    workers: int | None = knob(None, "processes decoding images (default: all cores)")
+    cache_dir: str | None = knob(None, "decoded-image cache (default: $GZMORPH_CACHE or ~/.cache/gzmorph)")
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None recipe field filled from the model's defaults."""
@@ -56,31 +113,21 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        from .augment import PRESETS
-        from .models.heads import HEADS
-
-        if self.loss not in ("bce", "mse"):
-            raise GzmorphError(f"--loss must be bce or mse, got {self.loss!r}")
-        if self.head not in HEADS:
-            raise GzmorphError(f"--head must be one of {', '.join(HEADS)}, got {self.head!r}")
-        if self.schedule not in ("constant", "cosine"):
-            raise GzmorphError(f"--schedule must be constant or cosine, got {self.schedule!r}")
+        for f in fields(self):
+            choices, value = f.metadata.get("choices"), getattr(self, f.name)
+            if choices and value is not None and value not in choices:
+                raise BadArgument(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, got {value!r}")
         if not 0 <= self.ema < 1:
-            raise GzmorphError(f"--ema must be in [0, 1) (0 = off; 0.999 is typical), got {self.ema}")
+            raise BadArgument(f"--ema must be in [0, 1) (0 = off; 0.999 is typical), got {self.ema}")
         if self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise GzmorphError("--weight-decay and --warmup-epochs must not be negative")
+            raise BadArgument("--weight-decay and --warmup-epochs must not be negative")
         if self.patience is not None and self.patience < 1:
-            raise GzmorphError(f"--patience must be at least 1 epoch, got {self.patience}")
-        if self.augment not in PRESETS:
-            raise GzmorphError(f"--augment must be one of {', '.join(PRESETS)}, got {self.augment!r}")
+            raise BadArgument(f"--patience must be at least 1 epoch, got {self.patience}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise GzmorphError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        from .precision import check_precision
-
-        check_precision(self.precision)
+                raise BadArgument(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
-            raise GzmorphError(f"--lr must be positive, got {self.lr}")
+            raise BadArgument(f"--lr must be positive, got {self.lr}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -27,11 +27,11 @@ from typing import ContextManager
 
 import torch
 
-from .errors import GzmorphError
+from .config import PRECISIONS
+from .errors import BadArgument
 
 log = logging.getLogger("gzmorph")
 
-PRECISIONS = ("auto", "fp32", "bf16")
 # CPU flags (Linux /proc/cpuinfo names) that mean the CPU computes bf16 dot products in hardware.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -41,11 +41,11 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GzmorphError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+        raise BadArgument(f"--device {name}: no CUDA GPU is available here; use --device cpu")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise GzmorphError(f"--device {name!r}: not a device name; use auto, cpu, cuda or cuda:N") from None
+        raise BadArgument(f"--device {name!r}: not a device name; use auto, cpu, cuda or cuda:N") from None
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,7 +73,7 @@ def native_bf16(device: torch.device) -> bool:
 def check_precision(name: str) -> None:
     """Called before any work, so a wrong ``--precision`` fails at once."""
     if name not in PRECISIONS:
-        raise GzmorphError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+        raise BadArgument(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
+from .version import __version__
 from .config import TrainConfig
-from .errors import GzmorphError
+from .errors import BadRun
 from .fsio import atomic_write, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -56,12 +56,12 @@ def save_weights(path: Path, model: nn.Module, metadata: dict[str, str] | None =
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file. Anything else (a pickle, a truncated file) is refused."""
     if not path.is_file():
-        raise GzmorphError(f"{path}: file not found")
+        raise BadRun(f"{path}: file not found")
     with open(path, "rb") as f:
         head = f.read(9)
     size = path.stat().st_size
     if len(head) < 9:
-        raise GzmorphError(f"{path}: empty or truncated ({len(head)} bytes); it cannot be used: retrain into a new "
+        raise BadRun(f"{path}: empty or truncated ({len(head)} bytes); it cannot be used: retrain into a new "
                            f"--out, or restore the file from a copy")
     # A safetensors file is an 8-byte little-endian header length, then that many bytes of JSON starting with '{'.
     # Anything else (a pickle starts with 0x80 and a protocol byte, a torch zip with 'PK') is refused before any
@@ -71,7 +71,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     if head[8:9] != b"{" or header_length + 8 > size:
         kind = "a pickle" if head[:1] == b"\x80" else "a zip (torch.save) archive" if head[:2] == b"PK" else \
             "not safetensors"
-        raise GzmorphError(f"{path}: not a safetensors file ({kind}); pickled/zip checkpoints are refused: loading "
+        raise BadRun(f"{path}: not a safetensors file ({kind}); pickled/zip checkpoints are refused: loading "
                            f"them could run code")
     try:
         from safetensors import safe_open
@@ -80,18 +80,35 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
             metadata = f.metadata() or {}
         return load_file(str(path)), metadata
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise GzmorphError(f"{path}: damaged or incomplete safetensors file ({e}); it cannot be used: retrain into "
+        raise BadRun(f"{path}: damaged or incomplete safetensors file ({e}); it cannot be used: retrain into "
                            f"a new --out, or restore the file from a copy") from None
 
 
-def load_weights(path: Path, model: nn.Module) -> dict[str, str]:
+def upgrade_keys(tensors: dict[str, torch.Tensor], model: nn.Module, legacy_head: str,
+                 prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, with the names of a gzmorph 0.1 file (a flat module per model) mapped to the
+    backbone + head layout when that is what makes them fit ``model``; files that already fit are left as they are.
+    ``prefix``: only keys under it (``model.`` or ``ema.`` in a checkpoint) are considered."""
+    own = {prefix + k for k in model.state_dict()}
+    mine = {k for k in tensors if k.startswith(prefix)}
+    if not legacy_head or mine == own:
+        return tensors
+    from .models.net import legacy_key
+
+    mapped = {(prefix + legacy_key(k[len(prefix):], legacy_head) if k.startswith(prefix) else k): v
+              for k, v in tensors.items()}
+    return mapped if {k for k in mapped if k.startswith(prefix)} == own else tensors
+
+
+def load_weights(path: Path, model: nn.Module, legacy_head: str = "") -> dict[str, str]:
     tensors, metadata = read_safetensors(path)
+    tensors = upgrade_keys(tensors, model, legacy_head)
     own = model.state_dict()
     missing = [k for k in own if k not in tensors]
     unexpected = [k for k in tensors if k not in own]
     wrong = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
     if missing or unexpected or wrong:
-        raise GzmorphError(f"{path}: weights do not fit this model (missing {missing[:3]}, unexpected "
+        raise BadRun(f"{path}: weights do not fit this model (missing {missing[:3]}, unexpected "
                            f"{unexpected[:3]}, wrong shape {wrong[:3]})")
     model.load_state_dict(tensors)
     return metadata
@@ -159,8 +176,11 @@ def save_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
     atomic_write(run / CHECKPOINT, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def load_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, average=None) -> Progress:
+def load_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, average=None,
+                    legacy_head: str = "") -> Progress:
     tensors, metadata = read_safetensors(run / CHECKPOINT)
+    for prefix in ("model.", "ema."):
+        tensors = upgrade_keys(tensors, model, legacy_head, prefix)
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(model_state)
@@ -171,7 +191,7 @@ def load_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
             average.updates = int(metadata["ema_updates"])
         return Progress(**json.loads(metadata["progress"]))
     except (KeyError, ValueError, RuntimeError) as e:
-        raise GzmorphError(f"{run / CHECKPOINT}: checkpoint does not match this run's model ({e})") from None
+        raise BadRun(f"{run / CHECKPOINT}: checkpoint does not match this run's model ({e})") from None
 
 
 def write_metrics(run: Path, history: list[dict[str, float]]) -> None:
@@ -186,7 +206,7 @@ def write_metrics(run: Path, history: list[dict[str, float]]) -> None:
 def read_metrics(run: Path) -> list[dict[str, float]]:
     path = Path(run) / METRICS
     if not path.is_file():
-        raise GzmorphError(f"{path}: no metrics yet (has the run finished an epoch?)")
+        raise BadRun(f"{path}: no metrics yet (has the run finished an epoch?)")
     with open(path, newline="") as f:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
@@ -200,12 +220,12 @@ def write_config(run: Path, cfg: TrainConfig, runtime: dict | None = None) -> No
 def read_config(run: Path) -> TrainConfig:
     path = Path(run) / CONFIG
     if not path.is_file():
-        raise GzmorphError(f"{run}: not a gzmorph run folder (no {CONFIG}); pass the --out folder of "
+        raise BadRun(f"{run}: not a gzmorph run folder (no {CONFIG}); pass the --out folder of "
                            f"`gzmorph train`")
     try:
         return TrainConfig.from_dict(json.loads(path.read_text())["train"])
     except (ValueError, KeyError, TypeError) as e:
-        raise GzmorphError(f"{path}: unreadable run config ({e})") from None
+        raise BadRun(f"{path}: unreadable run config ({e})") from None
 
 
 def write_train_mean(run: Path, mean: np.ndarray) -> None:
@@ -234,7 +254,7 @@ class LoadedModel:
 
     @property
     def prep(self):
-        from .images import Preprocess
+        from .data.images import Preprocess
         from .models import get_spec
 
         spec = get_spec(self.config.model)
@@ -247,7 +267,7 @@ def load_model(run: str | Path, which: str = "best", device: str | torch.device 
 
     ``precision`` (auto | fp32 | bf16, see :mod:`gzmorph.precision`) is how it will run; the weights are float32
     whatever it is."""
-    from .models import create_model
+    from .models import create_model, get_spec
     from .precision import pick_device, resolve
 
     run = Path(run)
@@ -257,6 +277,6 @@ def load_model(run: str | Path, which: str = "best", device: str | torch.device 
         path = run / LAST
     policy = resolve(precision, device if isinstance(device, torch.device) else pick_device(device))
     model = create_model(cfg.model, head=cfg.head, **cfg.model_options)
-    load_weights(path, model)
+    load_weights(path, model, get_spec(cfg.model).legacy_head)
     policy.place(model).eval()
     return LoadedModel(model, cfg, path, file_sha256(path), policy)

@@ -32,7 +32,8 @@ DEFAULT_SUM_TOLERANCE = 0.01
 class Answer:
     question: int  # 1..11
     number: int  # 1-based within its question
-    text: str
+    name: str  # a Python-style name for code (``smooth``, ``bar_yes``, ...); the CSVs use ``column``
+    text: str  # what the volunteers read
     index: int  # position among the 37 outputs
 
     @property
@@ -43,6 +44,7 @@ class Answer:
 @dataclass(frozen=True)
 class Question:
     number: int  # 1..11
+    name: str  # short name for code and figure labels (``shape``, ``bar``, ...)
     text: str
     answers: tuple[Answer, ...]
     parent: str | None  # column of the answer that leads here; None for the questions weighted by 1
@@ -64,39 +66,60 @@ class Question:
         return [a.column for a in self.answers]
 
 
-# (question text, answer texts, parent answer column). Order = Kaggle column order.
-_SPEC: list[tuple[str, list[str], str | None]] = [
-    ("Is the galaxy simply smooth and rounded, with no sign of a disk?",
-     ["Smooth", "Features or disk", "Star or artifact"], None),
-    ("Could this be a disk viewed edge-on?", ["Yes", "No"], "Class1.2"),
-    ("Is there a sign of a bar feature through the centre of the galaxy?", ["Bar", "No bar"], "Class2.2"),
-    ("Is there any sign of a spiral arm pattern?", ["Spiral", "No spiral"], "Class2.2"),
-    ("How prominent is the central bulge, compared with the rest of the galaxy?",
-     ["No bulge", "Just noticeable", "Obvious", "Dominant"], "Class2.2"),
+# (question name, question text, [(answer name, answer text)], parent answer). Order = Kaggle column order.
+_SPEC: list[tuple[str, str, list[tuple[str, str]], str | None]] = [
+    ("shape", "Is the galaxy simply smooth and rounded, with no sign of a disk?",
+     [("smooth", "Smooth"), ("features_or_disk", "Features or disk"), ("star_or_artifact", "Star or artifact")],
+     None),
+    ("edge_on", "Could this be a disk viewed edge-on?", [("edge_on_yes", "Yes"), ("edge_on_no", "No")],
+     "features_or_disk"),
+    ("bar", "Is there a sign of a bar feature through the centre of the galaxy?",
+     [("bar_yes", "Bar"), ("bar_no", "No bar")], "edge_on_no"),
+    ("spiral", "Is there any sign of a spiral arm pattern?", [("spiral_yes", "Spiral"), ("spiral_no", "No spiral")],
+     "edge_on_no"),
+    ("bulge", "How prominent is the central bulge, compared with the rest of the galaxy?",
+     [("bulge_none", "No bulge"), ("bulge_noticeable", "Just noticeable"), ("bulge_obvious", "Obvious"),
+      ("bulge_dominant", "Dominant")], "edge_on_no"),
     # Q6 is weighted by 1 in the Kaggle file (every galaxy is asked it), so no parent here.
-    ("Is there anything odd?", ["Yes", "No"], None),
-    ("How rounded is it?", ["Completely round", "In between", "Cigar-shaped"], "Class1.1"),
-    ("Is the odd feature a ring, or is the galaxy disturbed or irregular?",
-     ["Ring", "Lens or arc", "Disturbed", "Irregular", "Other", "Merger", "Dust lane"], "Class6.1"),
-    ("Does the galaxy have a bulge at its centre? If so, what shape?", ["Rounded", "Boxy", "No bulge"], "Class2.1"),
-    ("How tightly wound do the spiral arms appear?", ["Tight", "Medium", "Loose"], "Class4.1"),
-    ("How many spiral arms are there?", ["1", "2", "3", "4", "More than four", "Can't tell"], "Class4.1"),
+    ("odd", "Is there anything odd?", [("odd_yes", "Yes"), ("odd_no", "No")], None),
+    ("roundness", "How rounded is it?",
+     [("round_completely", "Completely round"), ("round_in_between", "In between"), ("round_cigar", "Cigar-shaped")],
+     "smooth"),
+    ("odd_feature", "Is the odd feature a ring, or is the galaxy disturbed or irregular?",
+     [("odd_ring", "Ring"), ("odd_lens_or_arc", "Lens or arc"), ("odd_disturbed", "Disturbed"),
+      ("odd_irregular", "Irregular"), ("odd_other", "Other"), ("odd_merger", "Merger"), ("odd_dust_lane", "Dust lane")],
+     "odd_yes"),
+    ("bulge_shape", "Does the galaxy have a bulge at its centre? If so, what shape?",
+     [("bulge_shape_rounded", "Rounded"), ("bulge_shape_boxy", "Boxy"), ("bulge_shape_none", "No bulge")],
+     "edge_on_yes"),
+    ("arm_winding", "How tightly wound do the spiral arms appear?",
+     [("arms_tight", "Tight"), ("arms_medium", "Medium"), ("arms_loose", "Loose")], "spiral_yes"),
+    ("arm_count", "How many spiral arms are there?",
+     [("arms_1", "1"), ("arms_2", "2"), ("arms_3", "3"), ("arms_4", "4"), ("arms_more_than_4", "More than four"),
+      ("arms_cant_tell", "Can't tell")], "spiral_yes"),
 ]
 
 
 def _build() -> tuple[tuple[Question, ...], tuple[Answer, ...]]:
     questions, answers = [], []
-    for qi, (text, answer_texts, parent) in enumerate(_SPEC, start=1):
-        qa = tuple(Answer(qi, ai, t, len(answers) + ai - 1) for ai, t in enumerate(answer_texts, start=1))
+    column_of = {}
+    for qi, (qname, text, spec, _) in enumerate(_SPEC, start=1):
+        for ai, (aname, _) in enumerate(spec, start=1):
+            column_of[aname] = f"Class{qi}.{ai}"
+    for qi, (qname, text, spec, parent) in enumerate(_SPEC, start=1):
+        qa = tuple(Answer(qi, ai, aname, atext, len(answers) + ai - 1)
+                   for ai, (aname, atext) in enumerate(spec, start=1))
         answers.extend(qa)
-        questions.append(Question(qi, text, qa, parent))
+        questions.append(Question(qi, qname, text, qa, None if parent is None else column_of[parent]))
     return tuple(questions), tuple(answers)
 
 
 QUESTIONS, ANSWERS = _build()
 COLUMNS: tuple[str, ...] = tuple(a.column for a in ANSWERS)
 COLUMN_INDEX: dict[str, int] = {c: i for i, c in enumerate(COLUMNS)}
-assert len(COLUMNS) == N_OUTPUTS
+ANSWER_BY_NAME: dict[str, Answer] = {a.name: a for a in ANSWERS}
+QUESTION_BY_NAME: dict[str, Question] = {q.name: q for q in QUESTIONS}
+assert len(COLUMNS) == N_OUTPUTS and len(ANSWER_BY_NAME) == N_OUTPUTS and len(QUESTION_BY_NAME) == len(QUESTIONS)
 
 # For each question, the index of its parent answer (-1: weighted by 1).
 PARENT_INDEX: tuple[int, ...] = tuple(-1 if q.parent is None else COLUMN_INDEX[q.parent] for q in QUESTIONS)
@@ -118,6 +141,14 @@ def _topological_order() -> tuple[int, ...]:
 
 
 TOPOLOGICAL_ORDER = _topological_order()
+
+
+def answer(name: str) -> Answer:
+    """The answer called ``name`` (``"bar_yes"``), or a clear error listing the names."""
+    try:
+        return ANSWER_BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"no answer named {name!r}; the names are {', '.join(ANSWER_BY_NAME)}") from None
 
 
 def question(number: int) -> Question:
@@ -147,8 +178,12 @@ def normalise(scores: torch.Tensor, mode: str = "softmax", eps: float = 1e-12) -
         if mode == "softmax":
             p = torch.softmax(s.float(), dim=-1).to(scores.dtype)
         elif mode == "relu":
+            # Dieleman's ReLU-and-divide. When every score of a question is <= 0 nothing is left to divide, and
+            # r / (0 + eps) would be all zeros, a question whose answers sum to 0 instead of their parent's value:
+            # such a question gets equal shares (the distribution of no information) instead.
             r = torch.relu(s)
-            p = r / (r.sum(dim=-1, keepdim=True) + eps)
+            total = r.sum(dim=-1, keepdim=True)
+            p = torch.where(total > 0, r / (total + eps), torch.full_like(r, 1.0 / r.shape[-1]))
         else:
             raise ValueError(f"unknown normalisation mode {mode!r}; use 'softmax' or 'relu'")
         parent = PARENT_INDEX[qi]

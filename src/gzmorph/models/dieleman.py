@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import OutputHead
+from ..tree import N_OUTPUTS
+from .heads import Head
+from .net import Net
 from .registry import register
 
 VIEW = 45  # side of each corner view, in pixels of the 69 px input
@@ -76,8 +78,10 @@ class Maxout(nn.Module):
         return self.linear(x).view(*x.shape[:-1], self.units, self.pieces).amax(-1)
 
 
-class Dieleman(nn.Module):
-    def __init__(self, head: str = "tree-relu", dense: int = 2048, dropout: float = 0.5):
+class DielemanBackbone(nn.Module):
+    """(B, 3, 69, 69) -> (B, dense): the 16 views through shared convolutions, side by side, then two maxout layers."""
+
+    def __init__(self, dense: int = 2048, dropout: float = 0.5):
         super().__init__()
         self.views = ViewpointExtraction(69, VIEW)
         self.convs = nn.Sequential(
@@ -90,31 +94,31 @@ class Dieleman(nn.Module):
         self.dense = nn.Sequential(
             nn.Dropout(dropout), Maxout(N_VIEWS * per_view, dense),
             nn.Dropout(dropout), Maxout(dense, dense),
-            nn.Dropout(dropout), nn.Linear(dense, 37),
         )
-        self.head = OutputHead(head)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-        last = self.dense[-1]
-        nn.init.normal_(last.weight, std=0.001)
-        # His output layer starts from ReLU(0.1): every answer on at first, none stuck at zero.
-        nn.init.constant_(last.bias, 0.1)
+        self.out_features = dense
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         features = torch.flatten(self.convs(self.views(x)), 1)  # (16 B, 512), view-major
         # Back to one row per galaxy: the 16 views' features side by side, in view order.
-        features = features.view(N_VIEWS, b, -1).transpose(0, 1).reshape(b, -1)
-        return self.head(self.dense(features))
+        return self.dense(features.view(N_VIEWS, b, -1).transpose(0, 1).reshape(b, -1))
 
 
-@register("dieleman", crop=207, size=69,
+@register("dieleman", crop=207, size=69, legacy_head="dense.5",
           description="Dieleman 2014 (Kaggle winner): 16 rotated/flipped 45 px viewpoints of the central 207 px at "
                       "69 px through shared convs, maxout dense layers, tree-enforcing ReLU output layer.",
           options=("dense", "dropout"),
           loss="mse", lr=1e-3, epochs=40, batch_size=64, head="tree-relu", augment="strong", schedule="cosine",
           warmup_epochs=1, weight_decay=0.0, ema=0.999)
-def dieleman(head: str = "tree-relu", dense: int = 2048, dropout: float = 0.5) -> Dieleman:
-    return Dieleman(head=head, dense=dense, dropout=dropout)
+def dieleman(head: str = "tree-relu", n_outputs: int = N_OUTPUTS, dense: int = 2048, dropout: float = 0.5) -> Net:
+    backbone = DielemanBackbone(dense, dropout)
+    net = Net(backbone, Head(dense, n_outputs, head, dropout))
+    for m in backbone.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    last = net.head.linear
+    nn.init.normal_(last.weight, std=0.001)
+    # His output layer starts from ReLU(0.1): every answer on at first, none stuck at zero.
+    nn.init.constant_(last.bias, 0.1)
+    return net

@@ -23,7 +23,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .heads import OutputHead
+from ..tree import N_OUTPUTS
+from .heads import Head
+from .net import Net
 from .registry import register
 
 
@@ -51,9 +53,11 @@ class BasicBlock(nn.Module):
         return self.act(out + self.shortcut(x))
 
 
-class GZNet(nn.Module):
-    def __init__(self, head: str = "tree", widths: Sequence[int] = (32, 64, 128, 256),
-                 depths: Sequence[int] = (1, 2, 2, 1), stem: int = 24, dropout: float = 0.1):
+class GZNetBackbone(nn.Module):
+    """(B, 3, S, S) -> (B, widths[-1]) pooled features."""
+
+    def __init__(self, widths: Sequence[int] = (32, 64, 128, 256), depths: Sequence[int] = (1, 2, 2, 1),
+                 stem: int = 24):
         super().__init__()
         if len(widths) != len(depths) or not widths:
             raise ValueError(f"widths {widths} and depths {depths} must be non-empty and of the same length")
@@ -67,27 +71,27 @@ class GZNet(nn.Module):
             channels = width
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(channels, 37)
-        self.head = OutputHead(head)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        # Small initial scores: the tree head then starts near uniform answers, close to the label means.
-        nn.init.normal_(self.fc.weight, std=0.01)
-        nn.init.zeros_(self.fc.bias)
+        self.out_features = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
-        return self.head(self.fc(self.dropout(torch.flatten(self.pool(x), 1))))
+        return torch.flatten(self.pool(self.stages(self.stem(x))), 1)
 
 
-@register("gznet", crop=192, size=64,
+@register("gznet", crop=192, size=64, legacy_head="fc",
           description="gzmorph's compact residual CNN (default): 64 px from the central 192 px, 3x3 stem, 4 "
                       "residual stages 32-256 wide, global pooling, tree head. Best accuracy per CPU-second.",
           options=("widths", "depths", "stem", "dropout"),
           loss="mse", lr=2e-3, epochs=30, batch_size=64, head="tree", augment="strong", schedule="cosine",
           warmup_epochs=1, weight_decay=5e-4, ema=0.999)
-def gznet(head: str = "tree", widths: Sequence[int] = (32, 64, 128, 256), depths: Sequence[int] = (1, 2, 2, 1),
-          stem: int = 24, dropout: float = 0.1) -> GZNet:
-    return GZNet(head=head, widths=tuple(widths), depths=tuple(depths), stem=stem, dropout=dropout)
+def gznet(head: str = "tree", n_outputs: int = N_OUTPUTS, widths: Sequence[int] = (32, 64, 128, 256),
+          depths: Sequence[int] = (1, 2, 2, 1), stem: int = 24, dropout: float = 0.1) -> Net:
+    backbone = GZNetBackbone(tuple(widths), tuple(depths), stem)
+    net = Net(backbone, Head(backbone.out_features, n_outputs, head, dropout))
+    # Initialised after both parts exist, in this order, so that a seed gives the weights it gave gzmorph 0.1.
+    for m in backbone.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    # Small initial scores: the tree head then starts near uniform answers, close to the label means.
+    nn.init.normal_(net.head.linear.weight, std=0.01)
+    nn.init.zeros_(net.head.linear.bias)
+    return net

@@ -1,8 +1,9 @@
 """The one list of models: a dict filled by a decorator (the timm pattern).
 
-Every model maps a float batch (B, 3, size, size) with values in [0, 1] to (B, 37) outputs in [0, 1] in the
-Kaggle column order. ``crop`` and ``size`` say how images are prepared for it: the centre ``crop`` x ``crop``
-pixels of the 424 px original, resized to ``size`` x ``size``.
+Every model is a :class:`~gzmorph.models.net.Net`: a backbone mapping a float batch (B, 3, size, size) with values in
+[0, 1] to pooled features (B, D), and a head mapping those to the task's outputs (the 37 Kaggle answers in column
+order, unless fine-tuning gave it other columns). ``crop`` and ``size`` say how images are prepared for it: the
+centre ``crop`` x ``crop`` pixels of the 424 px original, resized to ``size`` x ``size``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..errors import GzmorphError
+from ..errors import BadArgument
+from ..tree import N_OUTPUTS
+from .net import Net
 
 
 @dataclass(frozen=True)
@@ -28,17 +31,22 @@ class ModelSpec:
     options: tuple[str, ...] = ()
     # load_pretrained(model, source) where source is a local file or URL; None if the family has no such weights.
     load_pretrained: Callable[[nn.Module, str], None] | None = None
+    # What gzmorph 0.1 (one flat module per model) called the final linear layer: its weight files load through
+    # net.legacy_key with this.
+    legacy_head: str = ""
 
 
 MODELS: dict[str, ModelSpec] = {}
 
 
 def register(name: str, *, crop: int, size: int, description: str, options: tuple[str, ...] = (),
-             load_pretrained: Callable[[nn.Module, str], None] | None = None, **defaults: Any):
+             load_pretrained: Callable[[nn.Module, str], None] | None = None, legacy_head: str = "",
+             **defaults: Any):
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in MODELS:
             raise ValueError(f"model {name!r} is registered twice")
-        MODELS[name] = ModelSpec(name, factory, crop, size, description, dict(defaults), options, load_pretrained)
+        MODELS[name] = ModelSpec(name, factory, crop, size, description, dict(defaults), options, load_pretrained,
+                                 legacy_head)
         return factory
     return decorator
 
@@ -47,15 +55,19 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
     except KeyError:
-        raise GzmorphError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}") from None
+        raise BadArgument(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}") from None
 
 
-def create_model(name: str, head: str | None = None, **options: Any) -> nn.Module:
+def create_model(name: str, head: str | None = None, n_outputs: int = N_OUTPUTS, **options: Any) -> Net:
+    """The model ``name`` with ``head`` (default: its recipe's) over ``n_outputs`` outputs and its ``options``."""
     spec = get_spec(name)
     unknown = set(options) - set(spec.options)
     if unknown:
-        raise GzmorphError(f"model {name!r} does not take option(s) {sorted(unknown)}; it takes {list(spec.options)}")
-    return spec.factory(head=head or spec.defaults.get("head", "tree"), **options)
+        raise BadArgument(f"model {name!r} does not take option(s) {sorted(unknown)}; it takes {list(spec.options)}")
+    try:
+        return spec.factory(head=head or spec.defaults.get("head", "tree"), n_outputs=n_outputs, **options)
+    except (TypeError, ValueError) as e:  # an option of the wrong type or shape, e.g. widths=[1, 2] depths=[1]
+        raise BadArgument(f"model {name!r}: {e}") from None
 
 
 def list_models() -> list[str]:

@@ -3,7 +3,7 @@
 Module and parameter names are torchvision's (``conv1``, ``bn1``, ``layer1``..``layer4`` of ``Bottleneck`` blocks
 with ``conv1..3``, ``bn1..3``, ``downsample``; stride on the 3x3 conv, "ResNet v1.5"), so torchvision's published
 ImageNet weights load by name without torchvision installed. The classifier ``fc`` is deliberately absent:
-models built on this backbone put their own head under another name (``head_fc``), which loading never touches.
+models built on this backbone put their own head beside it (``head.linear``), which loading never touches.
 
 The report built its model with ``tf.keras.applications.ResNet50`` and froze the first 143 Keras layers.
 ``keras_layer_plan`` lists Keras' layers in Keras' order with the torch module each one corresponds to, so that
@@ -23,8 +23,10 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ..errors import GzmorphError
-from .heads import OutputHead
+from ..errors import BadArgument, BadData, GzmorphError
+from ..tree import N_OUTPUTS
+from .heads import Head
+from .net import Net
 from .registry import register
 
 log = logging.getLogger("gzmorph")
@@ -74,7 +76,7 @@ class ResNet(nn.Module):
 
     ``x`` is the package's usual [0, 1] input; the model normalises it with ImageNet's statistics itself (held as
     non-persistent buffers, so they are not part of checkpoints), because that is what pretrained weights expect.
-    Subclasses add a head; see ``SeedResNet50``.
+    Subclasses pool or flatten that map into the features a head reads; see ``FlatResNet`` and ``PooledResNet``.
     """
 
     def __init__(self, blocks: Sequence[int] = RESNET50_BLOCKS, zero_init_residual: bool = False):
@@ -151,7 +153,7 @@ class ResNet(nn.Module):
         if isinstance(n, str) and n.strip().isdigit():  # the CLI may hand options over as text
             n = int(n)
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(plan):
-            raise GzmorphError(f"freeze_layers must be a whole number from 0 to {len(plan)} (Keras layers of this "
+            raise BadArgument(f"freeze_layers must be a whole number from 0 to {len(plan)} (Keras layers of this "
                                f"ResNet; the report froze 143, i.e. everything before conv5), got {n!r}")
         frozen_bn = []
         for _, path in plan[:n]:
@@ -222,22 +224,22 @@ def _read_state_dict(source: str) -> tuple[Mapping[str, Any], str]:
     scheme = urlparse(where).scheme.lower()
     if scheme in ("http", "https", "file"):
         if where.lower().endswith(".safetensors"):
-            raise GzmorphError(f"{where}: download .safetensors files first and pass the local path")
+            raise BadData(f"{where}: download .safetensors files first and pass the local path")
         try:
             # torch.hub caches the download under $TORCH_HOME/hub/checkpoints. The hash check only applies to our
             # own constant: torch.hub takes "-<hex>." in the file name as a hash prefix, which other names may not be.
             state = torch.hub.load_state_dict_from_url(where, map_location="cpu", weights_only=True,
                                                        check_hash=where == IMAGENET_URL)
         except pickle.UnpicklingError as e:
-            raise GzmorphError(f"{where}: refused to load: the file holds objects other than tensors ({e})") from e
+            raise BadData(f"{where}: refused to load: the file holds objects other than tensors ({e})") from e
         except Exception as e:  # network errors, hash mismatch, corrupt file: all the user's to fix
-            raise GzmorphError(f"{where}: could not download or read pretrained weights: {e}") from e
+            raise BadData(f"{where}: could not download or read pretrained weights: {e}") from e
     elif scheme and len(scheme) > 1:  # (a one-letter "scheme" is a Windows drive)
-        raise GzmorphError(f"{where}: unsupported URL scheme {scheme!r}; use http(s)://, file:// or a local path")
+        raise BadArgument(f"{where}: unsupported URL scheme {scheme!r}; use http(s)://, file:// or a local path")
     else:
         path = Path(where).expanduser()
         if not path.is_file():
-            raise GzmorphError(f"{path}: pretrained weights file not found (give a .safetensors or .pth file, "
+            raise BadData(f"{path}: pretrained weights file not found (give a .safetensors or .pth file, "
                                f"a URL, or one of {sorted(PRETRAINED_ALIASES)})")
         suffix = path.suffix.lower()
         try:
@@ -247,15 +249,15 @@ def _read_state_dict(source: str) -> tuple[Mapping[str, Any], str]:
             elif suffix in (".pth", ".pt", ".bin"):
                 state = torch.load(path, map_location="cpu", weights_only=True)
             else:
-                raise GzmorphError(f"{path}: unknown weights format {suffix!r}; use .safetensors, .pth or .pt")
+                raise BadData(f"{path}: unknown weights format {suffix!r}; use .safetensors, .pth or .pt")
         except GzmorphError:
             raise
         except pickle.UnpicklingError as e:
-            raise GzmorphError(f"{path}: refused to load: the file holds objects other than tensors ({e})") from e
+            raise BadData(f"{path}: refused to load: the file holds objects other than tensors ({e})") from e
         except Exception as e:
-            raise GzmorphError(f"{path}: could not read pretrained weights: {e}") from e
+            raise BadData(f"{path}: could not read pretrained weights: {e}") from e
     if not isinstance(state, Mapping):
-        raise GzmorphError(f"{where}: expected a state dict (names -> tensors), found {type(state).__name__}")
+        raise BadData(f"{where}: expected a state dict (names -> tensors), found {type(state).__name__}")
     return state, where
 
 
@@ -265,7 +267,7 @@ def _find_backbone(model: nn.Module) -> ResNet:
     for module in model.modules():
         if isinstance(module, ResNet):
             return module
-    raise GzmorphError(f"{type(model).__name__} has no ResNet backbone to load torchvision weights into")
+    raise BadArgument(f"{type(model).__name__} has no ResNet backbone to load torchvision weights into")
 
 
 def load_torchvision_weights(model: nn.Module, source: str) -> None:
@@ -288,7 +290,7 @@ def load_torchvision_weights(model: nn.Module, source: str) -> None:
     problems = [f"{label}: {_shorten(keys)}" for label, keys in
                 (("missing", missing), ("wrong shape", misshaped), ("unexpected", unexpected)) if keys]
     if problems:
-        raise GzmorphError(f"{where}: not torchvision ResNet weights for this model ({len(backbone.blocks)} stages, "
+        raise BadData(f"{where}: not torchvision ResNet weights for this model ({len(backbone.blocks)} stages, "
                            f"blocks {backbone.blocks}); " + "; ".join(problems))
     loaded = 0
     with torch.no_grad():
@@ -303,62 +305,64 @@ def load_torchvision_weights(model: nn.Module, source: str) -> None:
 # seed-resnet50
 # --------------------------------------------------------------------------------------------------------------
 
-class SeedResNet50(ResNet):
-    """ResNet-50 backbone, flatten, one dense layer to 37 scores, output head (the report's Keras model)."""
+class FlatResNet(ResNet):
+    """The report's backbone: ResNet-50's last feature map flattened (3 x 3 x 2048 = 18432 features at 74 px)."""
 
-    def __init__(self, head: str = "sigmoid", size: int = 74, freeze_layers: int = 0):
+    def __init__(self, size: int = 74):
         super().__init__(RESNET50_BLOCKS)
         side = self.feature_side(size)
-        # Keras flattens channels-last, torch channels-first; the order is irrelevant for a layer trained here.
-        self.head_fc = nn.Linear(self.out_channels * side * side, 37)  # 2048 * 3 * 3 = 18432 for 74 px
-        # Keras' Dense default (glorot_uniform, zero bias), as the report's model started from.
-        nn.init.xavier_uniform_(self.head_fc.weight)
-        nn.init.zeros_(self.head_fc.bias)
-        self.head = OutputHead(head)
-        self.freeze_keras_layers(freeze_layers)
+        self.out_features = self.out_channels * side * side
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_fc(torch.flatten(self.features(x), 1)))
+        return torch.flatten(self.features(x), 1)
 
 
-@register("seed-resnet50", crop=148, size=74,
+@register("seed-resnet50", crop=148, size=74, legacy_head="head_fc",
           description="The report's transfer-learning model: ResNet-50 (torchvision layout) on the central 148 px "
                       "at 74 px, flatten, dense to 37; freeze_layers=N freezes Keras' first N layers (report: 143).",
           options=("freeze_layers",), load_pretrained=load_torchvision_weights,
           loss="bce", lr=1e-3, epochs=10, batch_size=32, head="sigmoid", augment="report")
-def seed_resnet50(head: str = "sigmoid", freeze_layers: int = 0) -> SeedResNet50:
+def seed_resnet50(head: str = "sigmoid", n_outputs: int = N_OUTPUTS, freeze_layers: int = 0) -> Net:
     # The report's Keras Cropping2D(69) on its 212 px images keeps 212 - 2 * 69 = 74 px: crop 148 of 424, size 74.
-    return SeedResNet50(head=head, size=74, freeze_layers=freeze_layers)
+    backbone = FlatResNet(size=74)
+    # Keras flattens channels-last, torch channels-first; the order is irrelevant for a layer trained here.
+    net = Net(backbone, Head(backbone.out_features, n_outputs, head))
+    # Keras' Dense default (glorot_uniform, zero bias), as the report's model started from.
+    nn.init.xavier_uniform_(net.head.linear.weight)
+    nn.init.zeros_(net.head.linear.bias)
+    backbone.freeze_keras_layers(freeze_layers)
+    return net
 
 
 # --------------------------------------------------------------------------------------------------------------
 # resnet50: the same network, set up to train well from scratch
 # --------------------------------------------------------------------------------------------------------------
 
-class ResNet50Tree(ResNet):
-    """ResNet-50 with what makes it train from scratch on a few thousand galaxies: the central 192 px at 96 px (the
-    whole galaxy, not the report's 148 px), residual branches that start at zero, global average pooling (12x fewer
-    head weights than the report's flatten, and no dependence on where a feature sits), dropout, and the tree head.
-    The backbone keeps torchvision's names, so ``--pretrained`` still works."""
+class PooledResNet(ResNet):
+    """ResNet-50 with residual branches that start at zero and global average pooling (2048 features): 12x fewer
+    head weights than the report's flatten, and no dependence on where a feature sits."""
 
-    def __init__(self, head: str = "tree", dropout: float = 0.2):
+    def __init__(self):
         super().__init__(RESNET50_BLOCKS, zero_init_residual=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
-        self.head_fc = nn.Linear(self.out_channels, 37)
-        nn.init.normal_(self.head_fc.weight, std=0.01)
-        nn.init.zeros_(self.head_fc.bias)
-        self.head = OutputHead(head)
+        self.out_features = self.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_fc(self.dropout(torch.flatten(self.pool(self.features(x)), 1))))
+        return torch.flatten(self.pool(self.features(x)), 1)
 
 
-@register("resnet50", crop=192, size=96,
+@register("resnet50", crop=192, size=96, legacy_head="head_fc",
           description="ResNet-50 (torchvision layout) made to train from scratch: central 192 px at 96 px, "
                       "zero-init residuals, global pooling, dropout, tree head, MSE, strong augmentation.",
           options=("dropout",), load_pretrained=load_torchvision_weights,
           loss="mse", lr=1e-3, epochs=30, batch_size=64, head="tree", augment="strong", schedule="cosine",
           warmup_epochs=1, weight_decay=5e-4, ema=0.999)
-def resnet50(head: str = "tree", dropout: float = 0.2) -> ResNet50Tree:
-    return ResNet50Tree(head=head, dropout=dropout)
+def resnet50(head: str = "tree", n_outputs: int = N_OUTPUTS, dropout: float = 0.2) -> Net:
+    """What makes ResNet-50 train from scratch on a few thousand galaxies: the central 192 px at 96 px (the whole
+    galaxy, not the report's 148 px), zero-init residuals, global pooling, dropout and the tree head. The backbone
+    keeps torchvision's names, so ``--pretrained`` still works."""
+    backbone = PooledResNet()
+    net = Net(backbone, Head(backbone.out_features, n_outputs, head, dropout))
+    nn.init.normal_(net.head.linear.weight, std=0.01)
+    nn.init.zeros_(net.head.linear.bias)
+    return net

@@ -12,7 +12,9 @@ from collections import OrderedDict
 
 from torch import nn
 
-from .heads import OutputHead
+from ..tree import N_OUTPUTS
+from .heads import Head
+from .net import Net
 from .registry import register
 
 FILTERS = (128, 64, 32)
@@ -27,11 +29,11 @@ def _keras_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-@register("seed-cnn", crop=148, size=74,
+@register("seed-cnn", crop=148, size=74, legacy_head="fc3",
           description="The student report's Keras CNN (Table 1): 6 valid 3x3 convs, 3 max-pools, 3 dense layers; "
                       "74 px input from the central 148 px.",
           loss="bce", lr=1e-3, epochs=10, batch_size=32, head="sigmoid", augment="report")
-def seed_cnn(head: str = "sigmoid") -> nn.Sequential:
+def seed_cnn(head: str = "sigmoid", n_outputs: int = N_OUTPUTS) -> Net:
     layers: list[tuple[str, nn.Module]] = [
         # Keras' BatchNormalization defaults: epsilon 1e-3 and moving-average momentum 0.99, which is PyTorch's
         # momentum 0.01 (PyTorch weights the new batch by `momentum`, Keras weights the old average by it).
@@ -56,9 +58,8 @@ def seed_cnn(head: str = "sigmoid") -> nn.Sequential:
         ("relu_fc1", nn.ReLU()),
         ("fc2", nn.Linear(256, 128)),
         ("relu_fc2", nn.ReLU()),
-        ("fc3", nn.Linear(128, 37)),
-        ("head", OutputHead(head)),
     ]
-    model = nn.Sequential(OrderedDict(layers))
+    # The report's last Dense(37) + sigmoid is the head; the 128 features before it are the backbone's output.
+    model = Net(nn.Sequential(OrderedDict(layers)), Head(128, n_outputs, head))
     model.apply(_keras_init)
     return model

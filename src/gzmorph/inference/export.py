@@ -1,7 +1,7 @@
 """``gzmorph export RUN --onnx FILE``: a run's model as an ONNX graph, checked against PyTorch with onnxruntime.
 
 The graph takes what the PyTorch model takes: float32 ``(N, 3, S, S)``, RGB, channels first, each uint8 pixel
-divided by 255 (exactly :func:`gzmorph.loader.to_input`), with a dynamic batch axis ``N``; it outputs ``(N, 37)`` vote
+divided by 255 (exactly :func:`gzmorph.data.batches.to_input`), with a dynamic batch axis ``N``; it outputs ``(N, 37)`` vote
 fractions in the Kaggle column order. Everything a user of the ``.onnx`` file alone needs to feed it (crop, size,
 scaling, column names) and where it came from (gzmorph version, model, the weights' SHA-256) is stored in the
 model's ``metadata_props``.
@@ -27,11 +27,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from . import __version__, runs, tree
-from .errors import GzmorphError
-from .fsio import atomic_write, check_output_file
-from .images import REFERENCE_SIDE
-from .loader import to_input
+from .. import runs, tree
+from ..data.batches import to_input
+from ..data.images import REFERENCE_SIDE
+from ..errors import BadArgument, GzmorphError
+from ..fsio import atomic_write, check_output_file
+from ..version import __version__
 
 log = logging.getLogger("gzmorph")
 
@@ -69,9 +70,9 @@ def export_onnx(run: str | Path, out: str | Path, *, which: str = "best", opset:
     except ImportError:
         raise GzmorphError(INSTALL_HINT) from None
     if opset is not None and opset < 18:
-        raise GzmorphError(f"--opset {opset}: the exporter writes opset 18 or newer (onnxruntime 1.14+ runs them); "
+        raise BadArgument(f"--opset {opset}: the exporter writes opset 18 or newer (onnxruntime 1.14+ runs them); "
                            f"use --opset 18 or more, or leave it out")
-    loaded = runs.load_model(run, which, "cpu")
+    loaded = runs.load_model(run, which, "cpu", "fp32")  # the graph is float32 whatever runs it
     cfg, prep = loaded.config, loaded.prep
     model = loaded.model.eval()
     example = to_input(np.zeros((2, prep.size, prep.size, 3), np.uint8))

@@ -28,13 +28,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import tree
-from .errors import GzmorphError
+from .. import tree
+from ..errors import BadArgument, BadData
+from .layout import ID_COLUMN, SOLUTIONS, TEST_IMAGES, TRAIN_IMAGES
 
 IMAGE_SIZE = 424
-TRAIN_IMAGES = "images_training_rev1"
-TEST_IMAGES = "images_test_rev1"
-SOLUTIONS_CSV = "training_solutions_rev1.csv"
 JPEG_QUALITY = 90
 DECIMALS = 6  # as in Kaggle's solutions file
 
@@ -52,18 +50,18 @@ _KIND_PROBS = (0.42, 0.33, 0.15, 0.10)
 # For each question, how often each answer is the galaxy's "true" one, per latent kind (one row per KINDS entry; a
 # single row applies to every kind). Where a question is not reached by a kind (Q3 for an elliptical), its answer
 # hardly matters: the tree weights it by a small parent fraction.
-_TRUE_ANSWER_PROBS: dict[int, list[list[float]]] = {
-    1: [[1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1]],
-    2: [[0.1, 0.9], [0, 1], [1, 0], [0.1, 0.9]],
-    3: [[0.1, 0.9], [0.3, 0.7], [0.05, 0.95], [0.1, 0.9]],
-    4: [[0.1, 0.9], [0.65, 0.35], [0.1, 0.9], [0.1, 0.9]],
-    5: [[0.12, 0.43, 0.37, 0.08]],
-    6: [[0.2, 0.8], [0.2, 0.8], [0.2, 0.8], [0.05, 0.95]],
-    7: [[0.35, 0.45, 0.2]],
-    8: [[0.15, 0.07, 0.15, 0.15, 0.1, 0.28, 0.1]],
-    9: [[0.45, 0.15, 0.4]],
-    10: [[0.3, 0.4, 0.3]],
-    11: [[0.1, 0.5, 0.12, 0.08, 0.05, 0.15]],
+_TRUE_ANSWER_PROBS: dict[str, list[list[float]]] = {
+    "shape": [[1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1]],
+    "edge_on": [[0.1, 0.9], [0, 1], [1, 0], [0.1, 0.9]],
+    "bar": [[0.1, 0.9], [0.3, 0.7], [0.05, 0.95], [0.1, 0.9]],
+    "spiral": [[0.1, 0.9], [0.65, 0.35], [0.1, 0.9], [0.1, 0.9]],
+    "bulge": [[0.12, 0.43, 0.37, 0.08]],
+    "odd": [[0.2, 0.8], [0.2, 0.8], [0.2, 0.8], [0.05, 0.95]],
+    "roundness": [[0.35, 0.45, 0.2]],
+    "odd_feature": [[0.15, 0.07, 0.15, 0.15, 0.1, 0.28, 0.1]],
+    "bulge_shape": [[0.45, 0.15, 0.4]],
+    "arm_winding": [[0.3, 0.4, 0.3]],
+    "arm_count": [[0.1, 0.5, 0.12, 0.08, 0.05, 0.15]],
 }
 # Dirichlet parameters: every answer gets _VOTE_FLOOR (a few volunteers always disagree), the true one gets
 # clarity on top. Low clarity = faint, ambiguous galaxy with split votes; high clarity = near-unanimous.
@@ -93,7 +91,7 @@ def sample_labels(n: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[st
     true_answer = np.empty((n, len(tree.QUESTIONS)), dtype=np.int64)
     fractions = []  # per question: (n, k) vote fractions among its answers, summing to 1
     for qi, q in enumerate(tree.QUESTIONS):
-        table = np.asarray(_TRUE_ANSWER_PROBS[q.number], dtype=np.float64)
+        table = np.asarray(_TRUE_ANSWER_PROBS[q.name], dtype=np.float64)
         probs = table[kind] if len(table) == len(KINDS) else np.tile(table[0], (n, 1))
         true_answer[:, qi] = _categorical(rng, probs)
         # Questions differ in how clear-cut they are for the same galaxy (roundness is easier than arm count).
@@ -204,11 +202,12 @@ def _add_spikes(img: np.ndarray, x0: float, y0: float, length: float, flux: floa
 def _look(labels: np.ndarray) -> dict[str, float | np.ndarray]:
     """Rendering strengths from one galaxy's 37 values. Expected values over a question's answers, so split votes
     give in-between looks; strengths of sub-questions are multiplied by the answer that leads to them."""
-    c = {q.number: f for q, f in zip(tree.QUESTIONS, conditional_fractions(labels))}
-    star = c[1][2]
-    disk_share = c[1][1] / max(c[1][0] + c[1][1], 1e-9)  # disk vs smooth, among galaxies
-    edge = c[2][0]
-    bulge_votes = c[9][0] + c[9][1]
+    per_question = {q.name: f for q, f in zip(tree.QUESTIONS, conditional_fractions(labels))}
+    share = {a.name: per_question[q.name][a.number - 1] for q in tree.QUESTIONS for a in q.answers}
+    star = share["star_or_artifact"]
+    disk_share = share["features_or_disk"] / max(share["smooth"] + share["features_or_disk"], 1e-9)  # among galaxies
+    edge = share["edge_on_yes"]
+    bulge_votes = share["bulge_shape_rounded"] + share["bulge_shape_boxy"]
     return {
         "star": star,
         # The galaxy fades faster than the star grows, so that star-like objects look point-like, not fuzzy.
@@ -216,18 +215,18 @@ def _look(labels: np.ndarray) -> dict[str, float | np.ndarray]:
         "disk": disk_share,
         "edge_on": edge,
         # Projected axis ratios: Q7 round / in-between / cigar; a disk thins as the edge-on vote grows.
-        "q_smooth": float(c[7] @ np.array([0.93, 0.6, 0.28])),
+        "q_smooth": float(per_question["roundness"] @ np.array([0.93, 0.6, 0.28])),
         "q_disk": 0.1 + 0.9 * (1.0 - edge) ** 1.5,
         # Bulge-to-total: Q5 (no bulge .. dominant) for face-on disks, Q9 (rounded/boxy vs none) for edge-on ones.
-        "bulge": (1 - edge) * float(c[5] @ np.array([0.0, 0.12, 0.3, 0.6])) + edge * 0.35 * bulge_votes,
-        "boxy": edge * c[9][1] / max(bulge_votes, 1e-9),
+        "bulge": (1 - edge) * float(per_question["bulge"] @ np.array([0.0, 0.12, 0.3, 0.6])) + edge * 0.35 * bulge_votes,
+        "boxy": edge * share["bulge_shape_boxy"] / max(bulge_votes, 1e-9),
         # Bars and arms are face-on features.
-        "bar": (1 - edge) * c[3][0],
-        "spiral": (1 - edge) * c[4][0],
-        "pitch_deg": float(c[10] @ np.array([12.0, 22.0, 35.0])),  # tight / medium / loose
-        "arm_weights": c[11][:5],  # 1, 2, 3, 4, more than four arms
-        "arm_unclear": c[11][5],  # "can't tell": weaker arm contrast
-        "odd": c[6][0] * c[8],  # per Q8 answer: ring, arc, disturbed, irregular, other, merger, dust lane
+        "bar": (1 - edge) * share["bar_yes"],
+        "spiral": (1 - edge) * share["spiral_yes"],
+        "pitch_deg": float(per_question["arm_winding"] @ np.array([12.0, 22.0, 35.0])),  # tight / medium / loose
+        "arm_weights": per_question["arm_count"][:5],  # 1, 2, 3, 4, more than four arms
+        "arm_unclear": share["arms_cant_tell"],  # "can't tell": weaker arm contrast
+        "odd": share["odd_yes"] * per_question["odd_feature"],  # per odd feature: ring, arc, ..., merger, dust lane
     }
 
 
@@ -439,11 +438,11 @@ def _render_to_file(task: tuple[np.ndarray, int, int, int, str]) -> None:
 
 def _check_count(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise GzmorphError(f"{name} must be an integer, got {value!r}")
+        raise BadArgument(f"{name} must be an integer, got {value!r}")
     if value < minimum:
-        raise GzmorphError(f"{name} must be at least {minimum}, got {value}")
+        raise BadArgument(f"{name} must be at least {minimum}, got {value}")
     if value > MAX_IMAGES_PER_SPLIT:
-        raise GzmorphError(f"{name} must be at most {MAX_IMAGES_PER_SPLIT} (6-digit GalaxyIDs), got {value}")
+        raise BadArgument(f"{name} must be at most {MAX_IMAGES_PER_SPLIT} (6-digit GalaxyIDs), got {value}")
     return int(value)
 
 
@@ -459,29 +458,29 @@ def make_synthetic(out_dir: str | Path, n: int, n_test: int | None = None, seed:
     n = _check_count("n (number of training images)", n, 1)
     n_test = max(1, n // 10) if n_test is None else _check_count("n_test (number of test images)", n_test, 0)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise GzmorphError(f"seed must be a non-negative integer, got {seed!r}")
+        raise BadArgument(f"seed must be a non-negative integer, got {seed!r}")
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise GzmorphError(f"workers must be a positive integer, got {workers!r}")
+        raise BadArgument(f"workers must be a positive integer, got {workers!r}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise GzmorphError(f"{out} exists and is not a directory; choose another output directory")
+        raise BadData(f"{out} exists and is not a directory; choose another output directory")
     train_dir, test_dir = out / TRAIN_IMAGES, out / TEST_IMAGES
     try:
         train_dir.mkdir(parents=True, exist_ok=True)
         test_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise GzmorphError(f"cannot create the synthetic data directories under {out}: {e}") from e
+        raise BadData(f"cannot create the synthetic data directories under {out}: {e}") from e
 
     # Labels for both splits come from one generator; the test labels are used for rendering only, never written.
     labels, _ = sample_labels(n + n_test, np.random.default_rng([seed, 2]))
     labels = np.round(labels, DECIMALS)  # render from exactly what the CSV says
     train_ids, test_ids = galaxy_ids(n), galaxy_ids(n_test, test=True)
 
-    lines = ["GalaxyID," + ",".join(tree.COLUMNS)]
+    lines = [",".join((ID_COLUMN, *tree.COLUMNS))]
     fmt = f"{{:.{DECIMALS}f}}"
     for gid, row in zip(train_ids, labels[:n]):
         lines.append(f"{gid}," + ",".join(fmt.format(v) for v in row))
-    (out / SOLUTIONS_CSV).write_text("\n".join(lines) + "\n", encoding="ascii", newline="\n")
+    (out / SOLUTIONS).write_text("\n".join(lines) + "\n", encoding="ascii", newline="\n")
 
     tasks = [(labels[i], seed, _TRAIN, i, str(train_dir / f"{gid}.jpg")) for i, gid in enumerate(train_ids)]
     tasks += [(labels[n + i], seed, _TEST, i, str(test_dir / f"{gid}.jpg")) for i, gid in enumerate(test_ids)]

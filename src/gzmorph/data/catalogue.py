@@ -1,6 +1,6 @@
 """Label catalogues in the Kaggle layout: ``GalaxyID`` + some or all of the 37 ``Class*`` columns.
 
-Every problem with a file is one :class:`GzmorphError` naming the file, the row (1-based line number in the file,
+Every problem with a file is one :class:`BadData` naming the file, the row (1-based line number in the file,
 header = line 1), the column and what to do. Nothing is silently dropped or clipped.
 """
 
@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import tree
-from .errors import GzmorphError
-
-ID_COLUMN = "GalaxyID"
+from .. import tree
+from ..errors import BadData
+from .layout import ID_COLUMN
 # Values may stray this far outside [0, 1] through rounding in the file; anything further is an error.
 RANGE_TOLERANCE = 1e-6
 
@@ -56,7 +55,7 @@ def _check_unique(ids: np.ndarray, source: str) -> None:
     values, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         dup = values[counts > 1]
-        raise GzmorphError(f"{source}: GalaxyID {dup[0]} appears {counts[counts > 1][0]} times "
+        raise BadData(f"{source}: GalaxyID {dup[0]} appears {counts[counts > 1][0]} times "
                            f"({len(dup)} duplicated id(s) in all); each galaxy must have one row")
 
 
@@ -64,11 +63,11 @@ def parse_id(text: str, where: str) -> int:
     try:
         value = int(text.strip())
     except ValueError:
-        raise GzmorphError(f"{where}: GalaxyID {text!r} is not an integer") from None
+        raise BadData(f"{where}: GalaxyID {text!r} is not an integer") from None
     if value < 0:
-        raise GzmorphError(f"{where}: GalaxyID {value} is negative")
+        raise BadData(f"{where}: GalaxyID {value} is negative")
     if value > np.iinfo(np.int64).max:
-        raise GzmorphError(f"{where}: GalaxyID {value} is too large (at most {np.iinfo(np.int64).max})")
+        raise BadData(f"{where}: GalaxyID {value} is too large (at most {np.iinfo(np.int64).max})")
     return value
 
 
@@ -100,31 +99,31 @@ def read_catalogue(path: str | Path, *, require_all: bool = False, check_tree: b
     """
     path = Path(path)
     if not path.is_file():
-        raise GzmorphError(f"{path}: catalogue file not found")
+        raise BadData(f"{path}: catalogue file not found")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate a BOM from spreadsheet exports
             rows = list(csv.reader(f))
     except (UnicodeDecodeError, csv.Error) as e:
-        raise GzmorphError(f"{path}: not a readable CSV file ({e})") from None
+        raise BadData(f"{path}: not a readable CSV file ({e})") from None
     if not rows:
-        raise GzmorphError(f"{path}: file is empty; expected a header line 'GalaxyID,Class1.1,...'")
+        raise BadData(f"{path}: file is empty; expected a header line 'GalaxyID,Class1.1,...'")
     header = [h.strip() for h in rows[0]]
     if ID_COLUMN not in header:
-        raise GzmorphError(f"{path}: no '{ID_COLUMN}' column in the header {header[:4]}...; the first column of a "
+        raise BadData(f"{path}: no '{ID_COLUMN}' column in the header {header[:4]}...; the first column of a "
                            f"Kaggle catalogue is GalaxyID")
     if len(set(header)) != len(header):
         dup = next(h for h in header if header.count(h) > 1)
-        raise GzmorphError(f"{path}: column {dup!r} appears twice in the header")
+        raise BadData(f"{path}: column {dup!r} appears twice in the header")
     unknown = [h for h in header if h != ID_COLUMN and h not in tree.COLUMN_INDEX]
     if unknown:
-        raise GzmorphError(f"{path}: unknown column(s) {unknown[:5]}; label columns are Kaggle's "
+        raise BadData(f"{path}: unknown column(s) {unknown[:5]}; label columns are Kaggle's "
                            f"{tree.COLUMNS[0]} ... {tree.COLUMNS[-1]}")
     label_columns = [h for h in header if h != ID_COLUMN]
     if not label_columns:
-        raise GzmorphError(f"{path}: no Class columns; expected some of {tree.COLUMNS[0]} ... {tree.COLUMNS[-1]}")
+        raise BadData(f"{path}: no Class columns; expected some of {tree.COLUMNS[0]} ... {tree.COLUMNS[-1]}")
     missing = [c for c in tree.COLUMNS if c not in label_columns]
     if require_all and missing:
-        raise GzmorphError(f"{path}: missing column(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
+        raise BadData(f"{path}: missing column(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
                            f"this file must have all 37 Kaggle columns")
 
     id_pos = header.index(ID_COLUMN)
@@ -144,10 +143,10 @@ def read_catalogue(path: str | Path, *, require_all: bool = False, check_tree: b
     for k, (line, r) in enumerate(body if fast is None else ()):
         where = f"{path}, line {line}"
         if len(r) != len(header):
-            raise GzmorphError(f"{where}: {len(r)} fields but the header has {len(header)}")
+            raise BadData(f"{where}: {len(r)} fields but the header has {len(header)}")
         ids[k] = gid = parse_id(r[id_pos], where)
         if gid in first_line:
-            raise GzmorphError(f"{where}: GalaxyID {gid} already appears on line {first_line[gid]}; each galaxy "
+            raise BadData(f"{where}: GalaxyID {gid} already appears on line {first_line[gid]}; each galaxy "
                                f"must have one row")
         first_line[gid] = line
         for file_pos, out_pos in positions:
@@ -157,11 +156,11 @@ def read_catalogue(path: str | Path, *, require_all: bool = False, check_tree: b
             except ValueError:
                 v = math.nan
             if not math.isfinite(v):
-                raise GzmorphError(f"{where}, column {header[file_pos]}: value {cell!r} is not a number; "
+                raise BadData(f"{where}, column {header[file_pos]}: value {cell!r} is not a number; "
                                    f"every listed answer needs a vote fraction in [0, 1] (leave the column out "
                                    f"of the file if it is unknown for all rows)")
             if v < -RANGE_TOLERANCE or v > 1 + RANGE_TOLERANCE:
-                raise GzmorphError(f"{where}, column {header[file_pos]}: value {v} is outside [0, 1]")
+                raise BadData(f"{where}, column {header[file_pos]}: value {v} is outside [0, 1]")
             labels[k, out_pos] = min(max(v, 0.0), 1.0)
     _check_unique(ids, str(path))
     if check_tree and n:
@@ -171,13 +170,9 @@ def read_catalogue(path: str | Path, *, require_all: bool = False, check_tree: b
             q = tree.QUESTIONS[qi]
             got = labels[row, q.slice].sum()
             want = 1.0 if q.parent is None else labels[row, tree.COLUMN_INDEX[q.parent]]
-            raise GzmorphError(
+            raise BadData(
                 f"{path}, line {body[row][0]} (GalaxyID {ids[row]}): Class{q.number} answers sum to {got:.4f} but "
                 f"should sum to {want:.4f} ({'1' if q.parent is None else q.parent}); {int(bad.any(axis=1).sum())} "
                 f"row(s) break the tree sums (tolerance {tolerance}). Kaggle's fractions are weighted down the tree: "
                 f"is a column misplaced, or are the fractions unweighted?")
     return Catalogue(ids, labels, mask, str(path))
-
-
-def write_predictions_header() -> list[str]:
-    return [ID_COLUMN, *tree.COLUMNS]

@@ -1,127 +1,29 @@
-"""PNG figures of a run: learning curves (like the report's figures), per-question RMSE against the baseline, and
-galleries of galaxies with their true and predicted answers (a random sample, and the worst-predicted)."""
+"""Galleries: grids of galaxies with their true and predicted answers -- a seeded random sample of a split, and its
+worst-predicted galaxies -- so a person can see what a model gets right and wrong."""
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from pathlib import Path
 
 import numpy as np
 
-from . import runs, tree
-from .errors import GzmorphError
-from .fsio import atomic_write, ensure_writable_dir
-
-
-def _pyplot():
-    """matplotlib's pyplot, imported on first use: it costs about a second, which `import gzmorph` (and every
-    other command) should not pay."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed; must precede pyplot
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_learning_curves(run: str | Path, out: str | Path) -> Path:
-    """RMSE and loss per epoch, train vs valid, side by side."""
-    plt = _pyplot()
-    history = runs.read_metrics(Path(run))
-    if not history:
-        raise GzmorphError(f"{run}: metrics.csv has no epochs yet")
-    epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((axes[0], "rmse", "RMSE"), (axes[1], "loss", "loss")):
-        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
-        ax.plot(epochs, [r[f"valid_{key}"] for r in history], "s-", label="valid")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.set_title(f"{label} per epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    baseline = _baseline_rmse(Path(run))
-    if baseline is not None:
-        axes[0].axhline(baseline, color="grey", ls="--", lw=1, label="train mean (valid)")
-        axes[0].legend()
-    cfg = runs.read_config(Path(run))
-    fig.suptitle(f"{cfg.model} ({cfg.loss} loss, lr {cfg.lr}, batch {cfg.batch_size})")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return Path(out)
-
-
-def _baseline_rmse(run: Path) -> float | None:
-    path = run / "eval-valid.json"
-    if path.is_file():
-        return json.loads(path.read_text())["baseline"]["rmse"]
-    return None
-
-
-def plot_question_rmse(eval_json: str | Path, out: str | Path) -> Path:
-    """Per-question RMSE bars: the model beside the train-mean baseline."""
-    plt = _pyplot()
-    result = json.loads(Path(eval_json).read_text())
-    keys = [f"Q{q.number}" for q in tree.QUESTIONS]
-    model = [result["per_question"][k] for k in keys]
-    base = [result["baseline"]["per_question"][k] for k in keys]
-    x = range(len(keys))
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    ax.bar([i - 0.2 for i in x], model, width=0.4, label=f"{result['model']} (all: {result['rmse']:.4f})")
-    ax.bar([i + 0.2 for i in x], base, width=0.4, color="lightgrey",
-           label=f"train mean (all: {result['baseline']['rmse']:.4f})")
-    ax.set_xticks(list(x))
-    ax.set_xticklabels([f"{k}\n{_short(q.text)}" for k, q in zip(keys, tree.QUESTIONS)], fontsize=7)
-    ax.set_ylabel("RMSE")
-    ax.set_title(f"RMSE per question, {result['split']} split ({result['n_galaxies']} galaxies)")
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return Path(out)
-
-
-def _short(text: str, width: int = 14) -> str:
-    words, lines, line = text.rstrip("?").split(), [], ""
-    for w in words:
-        if len(line) + len(w) > width and line:
-            lines.append(line)
-            line = w
-        else:
-            line = f"{line} {w}".strip()
-    lines.append(line)
-    return "\n".join(lines[:3]) + ("…" if len(lines) > 3 else "")
-
-
-def plot_run(run: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Every figure the run has data for: learning curves, and per-question RMSE for each evaluated split."""
-    run = Path(run)
-    runs.read_config(run)  # a clear error if this is not a run folder
-    out_dir = Path(out_dir) if out_dir else run
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = [plot_learning_curves(run, out_dir / "learning_curves.png")]
-    for eval_json in sorted(run.glob("eval-*.json")):
-        split = eval_json.stem.split("-", 1)[1]
-        written.append(plot_question_rmse(eval_json, out_dir / f"rmse_per_question_{split}.png"))
-    return written
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Galleries: galaxies with their true and predicted answers
-# ----------------------------------------------------------------------------------------------------------------
+from .. import runs, tree
+from ..data.images import Preprocess, decode
+from ..data.layout import open_layout
+from ..errors import BadArgument, BadData, BadImage
+from ..fsio import atomic_write, ensure_writable_dir
+from ..metrics import rmse
+from .evaluate import predict_split
+from .plots import _pyplot
+from .tta import check_tta
 
 # The random grid shows the same galaxies for every run on the same data, so galleries of two models compare.
 GALLERY_SEED = 0
 MAX_GALLERY = 100  # galaxies per grid: more would not be readable in one PNG
 DISPLAY_SIDE = 256  # at most this many pixels across per galaxy, decoded for display from the original file
 PATH_STEPS = 3  # steps of the true majority path shown per galaxy
-# Short names of the questions for the panels (the full texts are in gzmorph.tree and do not fit).
-SHORT_QUESTION = {1: "shape", 2: "edge-on", 3: "bar", 4: "spiral", 5: "bulge", 6: "odd", 7: "round", 8: "odd what",
-                  9: "bulge shape", 10: "arm winding", 11: "arms"}
 
 
 def galaxy_rmse(pred: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -147,6 +49,11 @@ def sample_galaxies(count: int, n: int, seed: int = GALLERY_SEED) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(count, size=k, replace=False))
 
 
+def question_label(q: tree.Question) -> str:
+    """The question's short name for a panel (its full text does not fit): "bulge shape", "arm count", ..."""
+    return q.name.replace("_", " ")
+
+
 def _path_lines(true: np.ndarray, pred: np.ndarray) -> list[tuple[str, bool]]:
     """The first steps of the true majority path: (line, whether the model's top answer is the same)."""
     shares = tree.answer_shares(pred)
@@ -155,7 +62,7 @@ def _path_lines(true: np.ndarray, pred: np.ndarray) -> list[tuple[str, bool]]:
         q = step.question
         pred_best = max(q.answers, key=lambda a: (shares[a.index], -a.index))
         agree = pred_best == step.answer
-        text = (f"Q{q.number} {SHORT_QUESTION[q.number]}: {step.answer.text} {step.share:.0%} | "
+        text = (f"Q{q.number} {question_label(q)}: {step.answer.text} {step.share:.0%} | "
                 f"{shares[step.answer.index]:.0%}" + ("" if agree else f" \u2192 {pred_best.text}"))
         lines.append((text, agree))
     return lines
@@ -214,30 +121,23 @@ def _plot_grid(panels: list[dict], title: str, legend: str, out: Path) -> Path:
 
 
 def plot_gallery(run: str | Path, data: str | Path, *, split: str = "valid", n: int = 16,
-                 out_dir: str | Path | None = None, which: str = "best", tta: int = 1, device: str = "auto", precision: str = "auto",
-                 cache_dir: str | Path | None = None, workers: int | None = None,
+                 out_dir: str | Path | None = None, which: str = "best", tta: int = 1, device: str = "auto",
+                 precision: str = "auto", cache_dir: str | Path | None = None, workers: int | None = None,
                  progress: bool = True) -> list[Path]:
     """Two grids of ``n`` galaxies of ``split`` with their true and predicted answers: a seeded random sample
     (``gallery_<split>.png``) and the highest-RMSE galaxies (``gallery_<split>_worst.png``), in ``out_dir`` (default:
     the run folder). Each galaxy shows its GalaxyID, its RMSE over the 37 answers, and the first steps of its true
     majority path with the true and the predicted vote share of each of those answers."""
-    from .data import load_labelled, open_layout
-    from .images import BadImage, Preprocess, decode
-    from .inference import check_tta, pick_device, predict_array
-    from .metrics import rmse
-
     check_tta(tta)
     if not 1 <= n <= MAX_GALLERY:
-        raise GzmorphError(f"--n {n}: galaxies per grid must be between 1 and {MAX_GALLERY}")
+        raise BadArgument(f"--n {n}: galaxies per grid must be between 1 and {MAX_GALLERY}")
     run = Path(run)
     runs.read_config(run)  # a clear error if this is not a run folder, before anything slow
     out_dir = ensure_writable_dir(out_dir if out_dir else run)
-    loaded = runs.load_model(run, which, pick_device(device), precision)
+    done = predict_split(run, data, split, which=which, device=device, precision=precision, tta=tta,
+                         cache_dir=cache_dir, workers=workers, progress=progress)
+    loaded, cat, pred = done.loaded, done.labelled.catalogue, done.pred
     cfg = loaded.config
-    labelled = load_labelled(data, loaded.prep, (split,), use_partial=False, valid_fraction=cfg.valid_fraction,
-                             seed=cfg.seed, cache_dir=cache_dir, workers=workers, progress=progress)[split]
-    cat = labelled.catalogue
-    pred = predict_array(loaded.model, labelled.pixels, 256, loaded.policy, tta=tta)
     per_galaxy = galaxy_rmse(pred, cat.labels, cat.mask)
     layout = open_layout(data)
     display = Preprocess(loaded.prep.crop, min(DISPLAY_SIDE, loaded.prep.crop))
@@ -249,7 +149,7 @@ def plot_gallery(run: str | Path, data: str | Path, *, split: str = "valid", n: 
             try:
                 image = decode(path, display)
             except BadImage as e:
-                raise GzmorphError(f"{path}: {e}") from None
+                raise BadData(f"{path}: {e}") from None
             out.append({"id": int(cat.ids[i]), "rmse": float(per_galaxy[i]), "image": image,
                         "lines": _path_lines(cat.labels[i], pred[i])})
         return out

@@ -8,41 +8,19 @@ GPU with no per-image Python.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .errors import GzmorphError
-
-
-@dataclass(frozen=True)
-class Augment:
-    rotation: str = "none"  # "none" | "90" (multiples of 90 degrees: exact, no interpolation) | "any"
-    flip: bool = False  # mirror image with probability 1/2
-    shift: float = 0.0  # maximum shift, as a fraction of the image side, uniform in [-shift, shift] on each axis
-    zoom: float = 1.0  # maximum zoom factor: scale log-uniform in [1/zoom, zoom]
-    brightness: float = 0.0  # per-image, per-channel gain log-uniform in [exp(-b), exp(b)]
-
-    @property
-    def is_identity(self) -> bool:
-        return self == Augment()
-
-
-PRESETS: dict[str, Augment] = {
-    "none": Augment(),
-    # The report's Keras generator: flips, 90-degree rotations, small shifts and rescaling.
-    "report": Augment(rotation="90", flip=True, shift=0.05, zoom=1.1),
-    # Dieleman (2014): any angle, flips, log-uniform zoom 1/1.3..1.3, shifts of a few pixels, colour perturbation.
-    "strong": Augment(rotation="any", flip=True, shift=0.05, zoom=1.3, brightness=0.1),
-}
+from ..config import AUGMENTATIONS, Augment
+from ..errors import BadArgument
 
 
 def get_augment(name: str) -> Augment:
     try:
-        return PRESETS[name]
+        return AUGMENTATIONS[name]
     except KeyError:
-        raise GzmorphError(f"unknown augmentation {name!r}; choose one of {', '.join(PRESETS)}") from None
+        raise BadArgument(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENTATIONS)}") from None
 
 
 def random_affine(n: int, aug: Augment, generator: torch.Generator | None = None,
@@ -60,7 +38,7 @@ def random_affine(n: int, aug: Augment, generator: torch.Generator | None = None
     elif aug.rotation == "none":
         cos, sin = torch.ones(n), torch.zeros(n)
     else:
-        raise GzmorphError(f"unknown rotation {aug.rotation!r}; use none, 90 or any")
+        raise BadArgument(f"unknown rotation {aug.rotation!r}; use none, 90 or any")
     scale = torch.exp(uniform(-math.log(aug.zoom), math.log(aug.zoom))) if aug.zoom > 1 else torch.ones(n)
     mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if aug.flip else torch.ones(n)
     # Sampling at coordinates divided by the scale enlarges the image by that scale.
@@ -98,7 +76,3 @@ def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
     a = math.radians(degrees)
     theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]], dtype=x.dtype)
     return warp(x, theta.to(x.device).expand(x.shape[0], 2, 3))
-
-
-def describe(aug: Augment) -> dict:
-    return asdict(aug)

@@ -1,6 +1,6 @@
 """``gzmorph serve RUN``: a small local web page that answers the decision tree for one dropped galaxy image.
 
-Standard library only (``http.server``): the page is one self-contained HTML file (``gzmorph/web/index.html``, no
+Standard library only (``http.server``): the page is one self-contained HTML file (``gzmorph/inference/web/index.html``, no
 external fetches) and the API is two JSON endpoints:
 
     GET  /             the page
@@ -33,11 +33,13 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 from PIL import Image
 
-from . import __version__, runs, tree
-from .errors import GzmorphError
-from .images import IMAGE_SUFFIXES, BadImage, decode, image_suffix
-from .inference import check_tta, pick_device, predict_array
-from .prediction import galaxy_id
+from .. import runs, tree
+from ..data.images import IMAGE_SUFFIXES, decode, image_suffix
+from ..errors import BadArgument, BadImage, GzmorphError
+from ..precision import pick_device
+from ..version import __version__
+from .predict import galaxy_id
+from .tta import check_tta, predict_answers
 
 log = logging.getLogger("gzmorph")
 
@@ -49,9 +51,9 @@ DISPLAY_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbC
 
 def _page() -> bytes:
     try:
-        return (resources.files("gzmorph") / "web" / "index.html").read_bytes()
+        return (resources.files("gzmorph.inference") / "web" / "index.html").read_bytes()
     except (FileNotFoundError, NotADirectoryError) as e:
-        raise GzmorphError(f"the web page gzmorph/web/index.html is missing from this installation ({e}); "
+        raise GzmorphError(f"the web page gzmorph/inference/web/index.html is missing from this installation ({e}); "
                            f"reinstall gzmorph") from None
 
 
@@ -121,8 +123,7 @@ class Predictor:
             pixels = decode(path, self.prep)
         started = time.perf_counter()
         with self._lock:
-            raw = predict_array(self.loaded.model, pixels[None], 8, self.loaded.policy, tta=self.tta)
-        values = np.clip(raw[0], 0.0, 1.0).astype(np.float64)
+            values = predict_answers(self.loaded, pixels[None], 8, self.tta)[0].astype(np.float64)
         log.info("predicted %s in %.2f s", name, time.perf_counter() - started)
         shares = tree.answer_shares(values)
         questions = [{"question": q.number, "text": q.text, "parent": q.parent,
@@ -247,7 +248,7 @@ def make_server(run: str | Path, host: str = "127.0.0.1", port: int = 8000, whic
     """Load ``run``'s model and bind ``host:port`` (0 = a free port; the bound one is ``server.server_address[1]``).
     Nothing is served until ``serve_forever()``."""
     if not 0 <= port <= 65535:
-        raise GzmorphError(f"--port must be between 0 and 65535, got {port}")
+        raise BadArgument(f"--port must be between 0 and 65535, got {port}")
     page = _page()
     predictor = Predictor(run, which, device, tta, precision)
     try:

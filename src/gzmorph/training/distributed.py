@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from .errors import GzmorphError
+from ..errors import GzmorphError
 
 log = logging.getLogger("gzmorph")
 
@@ -56,7 +56,7 @@ def from_env() -> Cluster:
 
 def pick_device(cluster: Cluster, requested: str) -> torch.device:
     """Each process on a machine takes its own GPU (cuda:LOCAL_RANK); on CPUs they share the machine."""
-    from .precision import pick_device as pick
+    from ..precision import pick_device as pick
 
     device = pick(requested)
     if cluster.enabled and device.type == "cuda" and device.index is None:

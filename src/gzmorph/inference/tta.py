@@ -16,19 +16,18 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .augment import rotate
-from .errors import GzmorphError
-from .loader import batch_indices, to_input
-from .precision import Policy, pick_device  # noqa: F401  (pick_device: re-exported for callers)
-
-TTA_VIEWS = (1, 2, 4, 8, 16, 32)
+from ..config import TTA_VIEWS
+from ..data.batches import batch_indices, to_input
+from ..errors import BadArgument
+from ..precision import Policy
+from ..training.augment import rotate
 
 
 def dihedral_views(x: torch.Tensor, n: int) -> list[torch.Tensor]:
     """The first ``n`` of the 8 symmetries of the square applied to a (B, C, H, W) batch: identity, mirror, then the
     quarter turns of both (so n=2 is flips only, n=4 adds the half turn, n=8 is the whole group)."""
     if n not in (1, 2, 4, 8):
-        raise GzmorphError(f"dihedral views are 1, 2, 4 or 8, got {n}")
+        raise BadArgument(f"dihedral views are 1, 2, 4 or 8, got {n}")
     order = [(0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True)]
     return [torch.rot90(x.flip(-1) if mirror else x, k, dims=(-2, -1)) for k, mirror in order[:n]]
 
@@ -36,7 +35,7 @@ def dihedral_views(x: torch.Tensor, n: int) -> list[torch.Tensor]:
 def check_tta(n: int) -> None:
     """Called before any work is done, so a wrong ``--tta`` fails at once, not after the images are decoded."""
     if n not in TTA_VIEWS:
-        raise GzmorphError(f"--tta must be one of {', '.join(map(str, TTA_VIEWS))} (views averaged), got {n}")
+        raise BadArgument(f"--tta must be one of {', '.join(map(str, TTA_VIEWS))} (views averaged), got {n}")
 
 
 def tta_views(x: torch.Tensor, n: int) -> Iterator[torch.Tensor]:
@@ -64,4 +63,18 @@ def predict_array(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = 
         with policy.autocast():
             total = sum(model(v).float() for v in tta_views(x, tta))
         out.append((total / tta).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 37), np.float32)
+    if not out:
+        return np.zeros((0, _n_outputs(model)), np.float32)
+    return np.concatenate(out)
+
+
+def _n_outputs(model: torch.nn.Module) -> int:
+    head = getattr(model, "head", None)
+    return head.linear.out_features if head is not None else 37
+
+
+def predict_answers(loaded, pixels: np.ndarray, batch_size: int = 256, tta: int = 1) -> np.ndarray:
+    """The vote fractions of a loaded run (``runs.LoadedModel``) for uint8 images: its outputs under its precision
+    policy, clipped to [0, 1]. The heads already give values in [0, 1]; the clip only guards the written numbers
+    against rounding. What predict, evaluate, serve and the galleries all report."""
+    return np.clip(predict_array(loaded.model, pixels, batch_size, loaded.policy, tta=tta), 0.0, 1.0)

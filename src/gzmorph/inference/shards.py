@@ -1,0 +1,126 @@
+"""Scale-out of prediction: ``--shard I/N`` takes the I-th of N contiguous slices of the (sorted) image list, on any
+machine, and ``merge`` joins the N outputs after checking that they are the complete set of one job (the same image
+list, weights and settings, each shard once, and the row counts their ``.json`` files recorded)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+from ..data.layout import SUBMISSION_HEADER
+from ..errors import BadArgument, BadData
+from ..fsio import atomic_write, atomic_write_json, check_output_file
+
+
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"I/N"`` (0 <= I < N) -> (I, N)."""
+    if shard is None or isinstance(shard, tuple):
+        i, n = shard if shard else (0, 1)
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", shard)
+        if not m:
+            raise BadArgument(f"--shard {shard!r}: expected I/N, e.g. --shard 0/4 for the first of 4 shards")
+        i, n = int(m.group(1)), int(m.group(2))
+    if not 0 <= i < n:
+        raise BadArgument(f"--shard {i}/{n}: I must be 0 .. N-1 (shards are numbered from 0)")
+    return None if shard is None else (i, n)
+
+
+def shard_slice(n_items: int, i: int, n: int) -> slice:
+    """The I-th of N contiguous, nearly equal slices: concatenating the shards in order gives the whole list."""
+    return slice(i * n_items // n, (i + 1) * n_items // n)
+
+
+def inputs_digest(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(f"{p}\n".encode())
+    return h.hexdigest()
+
+
+def shard_part_path(out: Path, i: int, n: int) -> Path:
+    return out.with_name(f"{out.stem}.shard-{i}-of-{n}{out.suffix}")
+
+
+def check_parts(parts: Sequence[str | Path], out: Path, what: str,
+                settings: tuple[tuple[str, str], ...]) -> list[tuple[Path, dict]]:
+    """The parts' ``.json`` records in shard order, once they are shown to be shards 0..N-1 of one job with the
+    same ``settings`` (keys of the records, with what to call them); anything else is one clear error."""
+    infos = []
+    for p in map(Path, parts):
+        meta = Path(f"{p}.json")
+        if not p.is_file() or not meta.is_file():
+            raise BadData(f"{p}: {'no such file' if not p.is_file() else 'no ' + meta.name + ' beside it'}; "
+                          f"merge takes the files written by `gzmorph {what} --shard I/N`, with their .json")
+        try:
+            info = json.loads(meta.read_text())
+        except ValueError as e:
+            raise BadData(f"{meta}: not valid JSON ({e})") from None
+        if not info.get("shard"):
+            raise BadData(f"{p} was not written with --shard I/N; there is nothing to merge it with")
+        if p.resolve() == out.resolve():
+            raise BadArgument(f"{out} is one of the parts; write the merged file elsewhere")
+        infos.append((p, info))
+    n = {info["shard"][1] for _, info in infos}
+    if len(n) != 1:
+        raise BadData(f"the parts come from splits into different numbers of shards: {sorted(n)}")
+    n = n.pop()
+    got = sorted(info["shard"][0] for _, info in infos)
+    if got != list(range(n)):
+        missing = sorted(set(range(n)) - set(got))
+        dupes = sorted({i for i in got if got.count(i) > 1})
+        raise BadData(f"need each of the {n} shards exactly once: "
+                      + (f"missing shard(s) {missing}" if missing else "") + ("; " if missing and dupes else "")
+                      + (f"shard(s) {dupes} given twice" if dupes else ""))
+    for key, name in (("inputs_sha256", "image lists"), *settings):
+        if len({str(info.get(key)) for _, info in infos}) != 1:
+            raise BadData(f"the shards were made from different {name}; make all shards of one job with the same "
+                          f"command")
+    return sorted(infos, key=lambda pi: pi[1]["shard"][0])
+
+
+def merge_shards(parts: Sequence[str | Path], out: str | Path) -> PredictionSummary:
+    """Join the CSVs of ``predict --shard I/N`` (any order given) into one submission, in shard order.
+
+    Refused unless the parts are exactly shards 0..N-1 of the same image list, predicted with the same weights and
+    TTA (each part's ``.json`` records these); nothing is written then. Streams: constant memory for any size.
+    """
+    out = check_output_file(out, "submission.csv")
+    infos = check_parts(parts, out, "predict", (("weights_sha256", "weights"), ("tta", "--tta settings"),
+                                                 ("precision", "--precision settings")))
+    header = ",".join(SUBMISSION_HEADER)
+    n_rows = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal n_rows
+        with open(tmp, "w", newline="") as dst:
+            dst.write(header + "\n")
+            for p, _ in infos:
+                with open(p, newline="") as src:
+                    if src.readline().rstrip("\r\n") != header:
+                        raise BadData(f"{p}: its header is not the Kaggle submission header")
+                    for line in src:
+                        if line.strip():
+                            dst.write(line if line.endswith("\n") else line + "\n")
+                            n_rows += 1
+        expected = sum(info["n_predicted"] for _, info in infos)
+        if n_rows != expected:  # a part edited or cut short after it was written; raised before `out` is replaced
+            raise BadData(f"the parts hold {n_rows} rows but their .json files record {expected}; "
+                               f"re-predict them")
+
+    atomic_write(out, write)
+    skipped = [(s["path"], s["why"]) for _, info in infos for s in info["skipped"]]
+    first = infos[0][1]
+    atomic_write_json(Path(f"{out}.json"), {
+        **{k: first[k] for k in ("run", "weights", "weights_sha256", "gzmorph_version", "torch_version", "tta",
+                                   "precision", "runtime") if k in first},
+        "csv": str(out), "n_predicted": n_rows, "n_skipped": len(skipped),
+        "skipped": [{"path": p, "why": w} for p, w in skipped], "seconds": max(i["seconds"] for _, i in infos),
+        "shard": None, "merged_from": [str(p) for p, _ in infos], "n_inputs": first["n_inputs_all_shards"],
+        "n_inputs_all_shards": first["n_inputs_all_shards"], "inputs_sha256": first["inputs_sha256"]})
+    from .predict import PredictionSummary
+
+    return PredictionSummary(out, n_rows, skipped, max(i["seconds"] for _, i in infos), first["weights_sha256"])

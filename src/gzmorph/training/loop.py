@@ -1,0 +1,272 @@
+"""The training loop (the minGPT trainer pattern): ``train`` resolves the recipe and where it runs, then ``_fit`` reads
+top to bottom as its steps -- load the data, build the model, start or resume, then per epoch train, validate and
+record.
+
+Reproducibility: every random choice of epoch ``e`` (shuffle, augmentation, dropout) is seeded from (seed, e), so
+a run resumed from its epoch-``e`` checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import runs
+from ..config import TrainConfig
+from ..data.batches import batch_indices, to_input
+from ..data.images import Preprocess
+from ..data.labelled import LabelledImages, describe, load_labelled, masked_mean
+from ..errors import BadRun, GzmorphError
+from ..fsio import ensure_writable_dir
+from ..inference.tta import predict_array
+from ..metrics import rmse
+from ..models import create_model, get_spec
+from ..precision import Policy, resolve
+from . import distributed
+from .augment import augment_batch, get_augment
+from .average import WeightAverage
+from .loss import masked_loss
+from .schedule import learning_rate
+
+log = logging.getLogger("gzmorph")
+
+CHECK_EVERY = 32  # steps between reads of the running sums (the divergence check and the progress bar)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train (or, with ``resume``, continue) the run in ``cfg.out``; returns the run folder.
+
+    Started by ``torchrun --nproc-per-node N -m gzmorph train ...``, each of the N processes runs this function:
+    they train one model with DistributedDataParallel, each on its share of every batch (see ``_train_epoch``).
+    """
+    run = Path(cfg.out)
+    if resume:
+        saved = runs.read_config(run)
+        if not (run / runs.CHECKPOINT).exists():
+            raise BadRun(f"{run}: nothing to resume (no {runs.CHECKPOINT}); start it without --resume")
+        # Only the length of the run may change on resume; everything else must match the saved run.
+        cfg = replace(saved, epochs=cfg.epochs or saved.epochs)
+    elif (run / runs.CHECKPOINT).exists():
+        raise BadRun(f"{run} already holds a trained run; continue it with --resume {run}, or choose another --out")
+    cfg = cfg.resolved()
+    ensure_writable_dir(run)
+    cluster = distributed.from_env()
+    torch.set_num_threads(distributed.cpu_share(cluster, cfg.threads))
+    device = distributed.pick_device(cluster, cfg.device)
+    policy = resolve(cfg.precision, device)
+    cfg = replace(cfg, precision=policy.name)  # saved resolved: a resumed run keeps the arithmetic it started with
+    with distributed.process_group(cluster, device):
+        return _fit(cfg, run, resume, cluster, policy, progress and cluster.is_main)
+
+
+@dataclass
+class _Parts:
+    """What the loop trains: the model, its optimizer, and the weight average (None when ``--ema 0``)."""
+
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    average: WeightAverage | None
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """What is validated and saved (and what evaluate/predict will load)."""
+        return self.average.model if self.average is not None else self.net
+
+
+def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster, policy: Policy,
+         progress: bool) -> Path:
+    """The loop. With several processes every process runs it; only rank 0 writes files."""
+    main = cluster.is_main
+    train_set, valid_set = _load_data(cfg, cluster, policy, progress)
+    parts = _build(cfg, policy, resume)
+    state = _start(cfg, run, parts, train_set, resume, main)
+    if state.stopped_early:
+        log.info("%s stopped early after epoch %d (no better valid RMSE for %d epochs); nothing to resume",
+                 run, state.epoch, cfg.patience)
+        return run
+    if main:
+        runs.write_config(run, cfg, policy.describe())  # the epoch count may have grown on resume
+    model = parts.net
+    if cluster.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(parts.net, device_ids=[policy.device.index]
+                                        if policy.device.type == "cuda" else None)
+    for epoch in range(state.epoch, cfg.epochs):
+        started = time.perf_counter()
+        loss_sum, sq_sum, known_sum = _train_epoch(cfg, epoch, model, parts, train_set, cluster, policy, progress)
+        # Every process scores the whole valid split with identical weights, so all agree on the best epoch and on
+        # stopping early without exchanging a message.
+        valid_loss, valid_rmse = _validate(parts.scored, valid_set, cfg.loss, max(256, cfg.batch_size), policy)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / known_sum, "train_rmse": math.sqrt(sq_sum / known_sum),
+               "valid_loss": valid_loss, "valid_rmse": valid_rmse, "lr": parts.optimizer.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - started}
+        _record(cfg, run, state, row, parts, main)
+        if state.stopped_early:
+            if main:
+                log.info("stopping early: no better valid RMSE for %d epochs (best %.4f at epoch %d)",
+                         cfg.patience, state.best_rmse, state.best_epoch)
+            break
+    if state.epoch >= cfg.epochs and main:
+        runs.write_metrics(run, state.history)
+    distributed.barrier(cluster)  # nobody returns (and reads the run) before rank 0 has written it
+    return run
+
+
+def _load_data(cfg: TrainConfig, cluster: distributed.Cluster, policy: Policy, progress: bool
+               ) -> tuple[LabelledImages, LabelledImages]:
+    spec = get_spec(cfg.model)
+    with distributed.node_leader_first(cluster):  # one process per machine fills its image cache
+        sets = load_labelled(cfg.data, Preprocess(spec.crop, spec.size), ("train", "valid"),
+                             use_partial=cfg.use_partial, valid_fraction=cfg.valid_fraction, seed=cfg.seed,
+                             limit=cfg.limit, skip_bad=cfg.skip_bad, cache_dir=cfg.cache_dir,
+                             workers=distributed.cpu_share(cluster, cfg.workers), progress=progress)
+    if cluster.is_main:
+        log.info("train: %s; valid: %s", describe(sets["train"].catalogue), describe(sets["valid"].catalogue))
+        if cluster.enabled:
+            log.info("data parallel over %d processes (%s): %d galaxies of each batch of %d per process",
+                     cluster.world, policy.device.type,
+                     math.ceil(cfg.batch_size / cluster.world), cfg.batch_size)
+    return sets["train"], sets["valid"]
+
+
+def _build(cfg: TrainConfig, policy: Policy, resume: bool) -> _Parts:
+    spec = get_spec(cfg.model)
+    torch.manual_seed(cfg.seed)  # model initialisation: the same in every process
+    net = create_model(cfg.model, head=cfg.head, **cfg.model_options)
+    if cfg.pretrained and not resume:
+        if spec.load_pretrained is None:
+            raise GzmorphError(f"model {cfg.model!r} has no pretrained weights to load")
+        spec.load_pretrained(net, cfg.pretrained)
+    policy.place(net)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.weight_decay \
+        else torch.optim.Adam(params, lr=cfg.lr)
+    return _Parts(net, optimizer, WeightAverage(net, cfg.ema) if cfg.ema else None)
+
+
+def _start(cfg: TrainConfig, run: Path, parts: _Parts, train_set: LabelledImages, resume: bool,
+           main: bool) -> runs.Progress:
+    """The progress to continue from: the checkpoint's on resume, else a fresh start (writing the train mean)."""
+    if resume:
+        state = runs.load_checkpoint(run, parts.net, parts.optimizer, parts.average, get_spec(cfg.model).legacy_head)
+        if main and not state.stopped_early:
+            log.info("resuming %s after epoch %d of %d", run, state.epoch, cfg.epochs)
+        return state
+    if main:
+        runs.write_train_mean(run, masked_mean(train_set.catalogue))
+    return runs.Progress(epoch=0, best_rmse=math.inf, best_epoch=0, history=[])
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**63)
+
+
+def _train_epoch(cfg: TrainConfig, epoch: int, model: torch.nn.Module, parts: _Parts, train_set: LabelledImages,
+                 cluster: distributed.Cluster, policy: Policy, progress: bool) -> list[float]:
+    """One pass over the training split; returns the sums over all processes of (loss x known answers, squared
+    error, known answers).
+
+    With several processes, every process draws the same shuffled batches (same seed) and takes rows
+    ``rank::world`` of each, so the global batch, the learning rate schedule and the epoch length are those of a
+    single process; DDP averages the gradients."""
+    from tqdm.auto import tqdm
+
+    device = policy.device
+    aug = get_augment(cfg.augment)
+    labels = torch.from_numpy(train_set.catalogue.labels)
+    mask = torch.from_numpy(train_set.catalogue.mask)
+    n_batches = math.ceil(len(train_set) / cfg.batch_size)
+    seed = _epoch_seed(cfg.seed, epoch)
+    torch.manual_seed(seed + cluster.rank)  # dropout: each process's rows get their own masks
+    rng = np.random.default_rng(seed)  # shuffling: the same global batches in every process
+    gen = torch.Generator().manual_seed(seed + cluster.rank)  # augmentation of this process's rows
+    model.train()
+    # Running sums stay on the device and are read every CHECK_EVERY steps: a .item() per step would stall a GPU.
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss x known, squared error, known answers
+    bar = tqdm(batch_indices(len(train_set), cfg.batch_size, rng), total=n_batches, unit="batch",
+               desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or None, leave=False)
+    for step, idx in enumerate(bar, start=epoch * n_batches):
+        if len(idx) < cluster.world:
+            continue  # a last batch too small to give every process a row (world > 1 only): skipped by all
+        idx = idx[cluster.rank::cluster.world]
+        for group in parts.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step, n_batches)
+        x = augment_batch(to_input(train_set.pixels[idx], device, policy.channels_last), aug, gen)
+        x = x.contiguous(memory_format=policy.memory_format)  # grid_sample hands back NCHW
+        y, m = labels[idx].to(device, non_blocking=True), mask[idx].to(device, non_blocking=True)
+        with policy.autocast():
+            pred = model(x)
+        loss = masked_loss(pred.float(), y, m, cfg.loss)
+        known = m.sum()
+        if cluster.enabled:
+            # DDP averages gradients over processes; weighting each by its share of the known answers makes that
+            # average the gradient of the whole batch's masked mean, as in one process.
+            total = distributed.all_sum(cluster, known.detach().float().clone())
+            (loss * known * cluster.world / total.clamp_min(1)).backward()
+        else:
+            loss.backward()
+        parts.optimizer.step()
+        parts.optimizer.zero_grad(set_to_none=True)
+        if parts.average is not None:
+            parts.average.update(parts.net)
+        with torch.no_grad():
+            sums += torch.stack([loss.detach() * known, (((pred.detach().float() - y) ** 2) * m).sum(),
+                                 known.float()]).double()
+        if (step + 1) % CHECK_EVERY == 0:
+            _check_finite(cluster, sums, epoch, cfg.lr)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+    _check_finite(cluster, sums, epoch, cfg.lr)  # before anything of this epoch is written
+    return distributed.all_sum(cluster, sums).tolist()
+
+
+def _validate(model: torch.nn.Module, data: LabelledImages, loss_kind: str, batch_size: int, policy: Policy
+              ) -> tuple[float, float]:
+    """(masked loss, RMSE) of ``model`` on ``data``."""
+    pred = predict_array(model, data.pixels, batch_size, policy)
+    cat = data.catalogue
+    loss = float(masked_loss(torch.from_numpy(pred), torch.from_numpy(cat.labels), torch.from_numpy(cat.mask),
+                             loss_kind))
+    return loss, rmse(pred, cat.labels, cat.mask)
+
+
+def _record(cfg: TrainConfig, run: Path, state: runs.Progress, row: dict, parts: _Parts, main: bool) -> None:
+    """Add the epoch's row to the progress, decide on the best epoch and early stopping, and (rank 0) write the
+    weight files, the checkpoint and the metrics."""
+    epoch = row["epoch"]
+    state.history.append(row)
+    state.epoch = epoch
+    improved = row["valid_rmse"] < state.best_rmse
+    if improved:
+        state.best_rmse, state.best_epoch = row["valid_rmse"], epoch
+    if cfg.patience and state.epoch - state.best_epoch >= cfg.patience and state.epoch < cfg.epochs:
+        state.stopped_early = True
+    if not main:
+        return
+    meta = {"epoch": str(epoch), "valid_rmse": f"{row['valid_rmse']:.6f}", "model": cfg.model}
+    if improved:
+        runs.save_weights(run / runs.BEST, parts.scored, meta)
+    # The weight files are written before the checkpoint that records their epoch: if the process dies in between,
+    # the resumed run redoes the epoch and rewrites them identically; never the other way round.
+    runs.save_weights(run / runs.LAST, parts.scored, meta)
+    runs.save_checkpoint(run, parts.net, parts.optimizer, state, parts.average)
+    runs.write_metrics(run, state.history)
+    log.info("epoch %d/%d  train loss %.4f  train RMSE %.4f  valid RMSE %.4f  (%.0f s)", epoch, cfg.epochs,
+             row["train_loss"], row["train_rmse"], row["valid_rmse"], row["seconds"])
+
+
+def _check_finite(cluster: distributed.Cluster, sums: torch.Tensor, epoch: int, lr: float) -> None:
+    """Stop on a nan/inf loss. Every process learns it at the same step (a NaN gradient reaches all of them, but
+    not at the same moment), so none is left waiting in an all-reduce for a process that has quit."""
+    mine = sums[0].item()
+    flag = torch.tensor([0.0 if math.isfinite(mine) else 1.0], device=sums.device)  # NCCL reduces GPU tensors only
+    if distributed.all_sum(cluster, flag).item():
+        raise GzmorphError(f"training diverged: the loss became {mine if not math.isfinite(mine) else 'nan'} in "
+                           f"epoch {epoch + 1}; the last good checkpoint is kept. Try a lower --lr (now {lr})")
