@@ -207,6 +207,41 @@ def test_train_finds_a_png_named_training_image(tmp_path, capsys, caplog, kaggle
     assert train_counts(caplog)[0] == len(kaggle.ids_of("train"))
 
 
+@pytest.mark.parametrize("suffixes", [(".JPG", ".jpeg"), (".Jpeg", ".PNG")])
+def test_train_finds_images_whatever_the_case_of_their_suffix(tmp_path, capsys, caplog, kaggle, suffixes):
+    """Cameras and Windows tools write 123.JPG; such a folder trains like Kaggle's own."""
+    for gid, suffix in zip(sorted(kaggle.ids_of("train"))[:2], suffixes):
+        kaggle.image(gid).rename(kaggle.training_images / f"{gid}{suffix}")
+    caplog.set_level(logging.INFO, logger="gzmorph")
+    code, out, err = cli(capsys, small_train_args(tmp_path, kaggle.root))
+    assert code == 0, err
+    assert train_counts(caplog)[0] == len(kaggle.ids_of("train"))
+
+
+@pytest.mark.parametrize("second", [".png", ".JPG"])
+def test_two_training_images_claiming_one_id_are_one_clear_error(tmp_path, capsys, kaggle, second):
+    gid = sorted(kaggle.ids_of("train"))[0]
+    write_image(kaggle.training_images / f"{gid}{second}", 424, seed=32)
+    msg = fails(capsys, small_train_args(tmp_path, kaggle.root), f"two files claim GalaxyID {gid}",
+                f"{gid}.jpg", f"{gid}{second}")
+    assert "keep one" in msg
+    assert not (tmp_path / "run" / runs.CHECKPOINT).exists()
+
+
+def test_predict_finds_upper_case_suffixes_and_refuses_two_files_for_one_id(tmp_path, capsys):
+    run = make_fake_run(tmp_path / "run", "seed-cnn")
+    folder = tmp_path / "images"
+    for k, name in enumerate(["100001.JPG", "100002.Png", "100003.jpeg"]):
+        write_image(folder / name, 424, seed=40 + k)
+    out = tmp_path / "sub.csv"
+    code, _, err = cli(capsys, ["predict", run, folder, "-o", out, "-q", "--workers", "1"])
+    assert code == 0, err
+    assert sorted(r.split(",")[0] for r in out.read_text().splitlines()[1:]) == ["100001", "100002", "100003"]
+    write_image(folder / "100001.png", 424, seed=44)
+    fails(capsys, ["predict", run, folder, "-o", tmp_path / "again.csv", "-q"], "two files claim GalaxyID 100001")
+    assert not (tmp_path / "again.csv").exists()
+
+
 @pytest.mark.parametrize("kind, needle", [
     ("zero-byte", "could not be decoded"),
     ("truncated", "could not be decoded"),

@@ -95,7 +95,7 @@ def test_sampled_labels_look_like_votes():
     labels, latent = synth.sample_labels(2000, np.random.default_rng(0))
     assert labels.shape == (2000, tree.N_OUTPUTS)
     assert not tree.tree_violations(labels, tolerance=1e-9).any()
-    q1 = labels[:, tree.question(1).slice]
+    q1 = labels[:, tree.QUESTION_BY_NAME["shape"].slice]
     # Votes concentrate on the latent answer but are rarely unanimous, and some galaxies are ambiguous.
     assert (q1.argmax(1) == latent["true_answer"][:, 0]).mean() > 0.85
     assert (q1.max(1) > 0.999).mean() < 0.08
@@ -186,29 +186,29 @@ def looks(large):
 
 
 def col(labels: np.ndarray, name: str) -> np.ndarray:
-    return labels[:, tree.COLUMN_INDEX[name]]
+    return labels[:, tree.answer(name).index]
 
 
 def test_elongation_follows_cigar_and_edge_on_votes(looks):
     labels, stats = looks
-    elongated = col(labels, "Class7.3") + col(labels, "Class2.1")
+    elongated = col(labels, "round_cigar") + col(labels, "edge_on_yes")
     assert spearman(stats[:, 0], elongated) > 0.4
     # ... and round smooth galaxies are the roundest.
-    round_ = col(labels, "Class7.1")
+    round_ = col(labels, "round_completely")
     assert np.median(stats[round_ > 0.5, 0]) < np.median(stats[elongated > 0.5, 0]) - 0.2
 
 
 def test_stars_are_compact(looks):
     labels, stats = looks
-    star = col(labels, "Class1.3")
+    star = col(labels, "star_or_artifact")
     assert (star > 0.5).sum() >= 5
     assert np.median(stats[star > 0.5, 1]) < 0.6 * np.median(stats[star < 0.2, 1])
 
 
 def test_smooth_galaxies_are_redder_than_disks(looks):
     labels, stats = looks
-    assert spearman(stats[:, 2], col(labels, "Class1.1")) > 0.4
-    assert spearman(stats[:, 2], col(labels, "Class1.2")) < -0.4
+    assert spearman(stats[:, 2], col(labels, "smooth")) > 0.4
+    assert spearman(stats[:, 2], col(labels, "features_or_disk")) < -0.4
 
 
 def test_render_galaxy_shape_and_dtype():
