@@ -55,6 +55,8 @@ ROWS: dict[str, tuple[str, dict, str]] = {
     # The precision check: one recipe, one seed, fp32 against bf16 (issue 14: within 0.002 of each other).
     "gznet/8ep-fp32": ("gznet", {"epochs": 8, "precision": "fp32"}, "gznet recipe cut to 8 epochs, fp32 NCHW"),
     "gznet/8ep-bf16": ("gznet", {"epochs": 8, "precision": "bf16"}, "gznet recipe cut to 8 epochs, bf16 channels-last"),
+    "gznet-xl/bf16": ("gznet", {"epochs": 64, "precision": "bf16", "model_options": {"widths": [64, 128, 256, 512]}},
+                      "gznet-xl (2x wide, 64 epochs) in bf16 channels-last"),
     "gznet/24ep-bf16": ("gznet", {"epochs": 24, "precision": "bf16"},
                         "gznet recipe cut to 24 epochs (the old 15-minute row), bf16 channels-last"),
 }

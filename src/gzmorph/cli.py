@@ -26,7 +26,7 @@ log = logging.getLogger("gzmorph")
 TTA_HELP = (f"test-time augmentation: average over N views, one of {', '.join(map(str, TTA_VIEWS))} (up to 8: the "
             f"square's symmetries; 16 and 32 add those of copies turned between quarter turns)")
 # Config fields whose flag is not simply --field-name.
-_SPECIAL_FLAGS = {"use_partial": "--no-partial", "model_options": "--option"}
+_SPECIAL_FLAGS = {"use_partial": "--no-partial", "model_options": "--option", "mask_questions": "--mask-question"}
 
 
 def _config_flags(sp: argparse.ArgumentParser) -> None:
@@ -42,6 +42,8 @@ def _config_flags(sp: argparse.ArgumentParser) -> None:
             sp.add_argument(flag, dest=f.name, action="append", metavar="KEY=VALUE",
                             help="a model option (see `gzmorph models`), e.g. --option widths=[32,64,128,256]; "
                                  "repeatable")
+        elif f.name == "mask_questions":
+            sp.add_argument(flag, dest=f.name, action="append", metavar="NAME", help=help_text + "; repeatable")
         elif f.type == "bool":
             sp.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
         else:

@@ -88,6 +88,12 @@ class TrainConfig:
                         "same run")
     limit: int | None = knob(None, "at most this many galaxies per split (quick runs, tests)")
     valid_fraction: float = knob(0.1, "the valid share of a seeded random split, used only without splits.csv")
+    train_on_valid: bool = knob(False, "train on the valid split too, for a final model: no galaxy is then held out, "
+                                       "so valid RMSE is no longer a held-out score and the last weights are the ones "
+                                       "to use")
+    mask_questions: list[str] = knob(help="questions never to learn, by name (gzmorph.tree), e.g. ['bar']: their "
+                                          "answers are masked everywhere, as unknown ones are. For measuring transfer "
+                                          "to a question the model never saw", factory=list)
     use_partial: bool = knob(True, "train on training_solutions_partial.csv too (its unknown answers are masked "
                                    "in the loss)")
     skip_bad: bool = knob(False, "leave out rows with missing or unreadable images (logged, counted) instead of "
@@ -126,6 +132,12 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise BadArgument(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        from .tree import QUESTION_BY_NAME
+
+        unknown = [q for q in self.mask_questions if q not in QUESTION_BY_NAME]
+        if unknown:
+            raise BadArgument(f"--mask-questions: no question named {unknown[0]!r}; the names are "
+                              f"{', '.join(QUESTION_BY_NAME)}")
         if not self.lr > 0:
             raise BadArgument(f"--lr must be positive, got {self.lr}")
 

@@ -30,6 +30,20 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.catalogue)
 
+    @staticmethod
+    def concat(parts: list["LabelledImages"]) -> "LabelledImages":
+        return LabelledImages(Catalogue.concat([p.catalogue for p in parts]), np.concatenate([p.pixels for p in parts]))
+
+
+def without_questions(data: LabelledImages, questions: list[str]) -> LabelledImages:
+    """``data`` with the answers of the named questions unknown (masked) for every galaxy."""
+    cat = data.catalogue
+    mask = cat.mask.copy()
+    for name in questions:
+        mask[:, tree.QUESTION_BY_NAME[name].slice] = False
+    return LabelledImages(Catalogue(cat.ids, np.where(mask, cat.labels, 0.0).astype(np.float32), mask, cat.source),
+                          data.pixels)
+
 
 def load_catalogue_splits(layout: KaggleLayout, *, use_partial: bool = True, valid_fraction: float = 0.1,
                           seed: int = 0) -> dict[str, Catalogue]:

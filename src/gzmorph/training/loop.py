@@ -21,7 +21,7 @@ from .. import runs
 from ..config import TrainConfig
 from ..data.batches import batch_indices, to_input
 from ..data.images import Preprocess
-from ..data.labelled import LabelledImages, describe, load_labelled, masked_mean
+from ..data.labelled import LabelledImages, describe, load_labelled, masked_mean, without_questions
 from ..errors import BadRun, GzmorphError
 from ..fsio import ensure_writable_dir
 from ..inference.tta import predict_array
@@ -127,13 +127,19 @@ def _load_data(cfg: TrainConfig, cluster: distributed.Cluster, policy: Policy, p
                              use_partial=cfg.use_partial, valid_fraction=cfg.valid_fraction, seed=cfg.seed,
                              limit=cfg.limit, skip_bad=cfg.skip_bad, cache_dir=cfg.cache_dir,
                              workers=distributed.cpu_share(cluster, cfg.workers), progress=progress)
+    train_set, valid_set = sets["train"], sets["valid"]
+    if cfg.mask_questions:  # never learnt, never scored: as if no volunteer had been asked
+        train_set, valid_set = (without_questions(s, cfg.mask_questions) for s in (train_set, valid_set))
+    if cfg.train_on_valid:
+        train_set = LabelledImages.concat([train_set, valid_set])
     if cluster.is_main:
-        log.info("train: %s; valid: %s", describe(sets["train"].catalogue), describe(sets["valid"].catalogue))
+        log.info("train: %s; valid: %s%s", describe(train_set.catalogue), describe(valid_set.catalogue),
+                 " (also trained on)" if cfg.train_on_valid else "")
         if cluster.enabled:
             log.info("data parallel over %d processes (%s): %d galaxies of each batch of %d per process",
                      cluster.world, policy.device.type,
                      math.ceil(cfg.batch_size / cluster.world), cfg.batch_size)
-    return sets["train"], sets["valid"]
+    return train_set, valid_set
 
 
 def _build(cfg: TrainConfig, policy: Policy, resume: bool) -> _Parts:
