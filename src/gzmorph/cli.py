@@ -25,14 +25,19 @@ log = logging.getLogger("gzmorph")
 
 TTA_HELP = (f"test-time augmentation: average over N views, one of {', '.join(map(str, TTA_VIEWS))} (up to 8: the "
             f"square's symmetries; 16 and 32 add those of copies turned between quarter turns)")
+RUN_HELP = "a run folder, or 'pretrained' for the model inside gzmorph (the default)"
 # Config fields whose flag is not simply --field-name.
-_SPECIAL_FLAGS = {"use_partial": "--no-partial", "model_options": "--option", "mask_questions": "--mask-question"}
+_SPECIAL_FLAGS = {"use_partial": "--no-partial", "model_options": "--option", "mask_questions": "--mask-question",
+                  "columns": "--column"}
+_NOT_FLAGS = ("task",)  # set by gzmorph itself
 
 
 def _config_flags(sp: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, with its help, type and choices. Every default is None ("not given"), so
     the config's own default or the model's recipe applies; see :func:`_config_from_args`."""
     for f in dataclasses.fields(TrainConfig):
+        if f.name in _NOT_FLAGS:
+            continue
         help_text, choices = f.metadata.get("help", ""), f.metadata.get("choices")
         flag = _SPECIAL_FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
         if f.name == "use_partial":
@@ -42,7 +47,7 @@ def _config_flags(sp: argparse.ArgumentParser) -> None:
             sp.add_argument(flag, dest=f.name, action="append", metavar="KEY=VALUE",
                             help="a model option (see `gzmorph models`), e.g. --option widths=[32,64,128,256]; "
                                  "repeatable")
-        elif f.name == "mask_questions":
+        elif f.name in ("mask_questions", "columns"):
             sp.add_argument(flag, dest=f.name, action="append", metavar="NAME", help=help_text + "; repeatable")
         elif f.type == "bool":
             sp.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
@@ -89,6 +94,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .training.loop import train
+
+    if args.resume:
+        run = train(TrainConfig(out=args.resume, epochs=args.epochs), resume=True, progress=not args.quiet)
+    else:
+        if not args.labels or not args.images:
+            raise BadArgument("finetune needs --labels FILE.csv (GalaxyID + your columns) and --images DIR")
+        cfg = _config_from_args(args)
+        run = train(dataclasses.replace(cfg, init=cfg.init or "pretrained"), progress=not args.quiet)
+    if _is_main_process():
+        print(f"run folder: {run}  (predict with: gzmorph predict {run} IMAGES -o out.csv)")
+    return 0
+
+
 def _is_main_process() -> bool:
     """False in the ranks 1..N-1 of a torchrun job: only rank 0 reports, so N processes do not print N times."""
     return os.environ.get("RANK", "0") == "0"
@@ -106,14 +126,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       skip_bad=args.skip_bad, cache_dir=args.cache_dir, workers=args.workers,
                       progress=not args.quiet, **_run_kwargs(args))
     print(format_report(result))
-    print(f"wrote {Path(args.run) / ('eval-' + args.split + '.json')}")
+    print(f"wrote {Path(result['run']) / ('eval-' + args.split + '.json')}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predict import predict
 
-    s = predict(args.run, args.images, args.output, batch_size=args.batch_size, workers=args.workers,
+    if len(args.paths) > 2:
+        raise BadArgument(f"predict takes [RUN] IMAGES, got {len(args.paths)} paths: {' '.join(args.paths)}")
+    run, images = (None, args.paths[0]) if len(args.paths) == 1 else args.paths
+    s = predict(run, images, args.output, batch_size=args.batch_size, workers=args.workers,
                 skip_bad=args.skip_bad, shard=args.shard, progress=not args.quiet, **_run_kwargs(args))
     print(f"wrote {s.out}: {s.n_predicted} galaxies in {s.seconds:.1f} s ({s.images_per_second:.0f} img/s)"
           + (f"; skipped {len(s.skipped)} unreadable image(s), listed in {s.out}.json" if s.skipped else ""))
@@ -227,8 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     _quiet_flag(t)
     t.set_defaults(func=cmd_train)
 
+    ft = sub.add_parser("finetune", help="fine-tune a trained model (default: the one inside gzmorph) on your own "
+                                         "labels: classes, fractions or numbers")
+    ft.add_argument("--resume", metavar="RUN", help="continue the interrupted fine-tuning run in RUN")
+    _config_flags(ft)
+    ft.add_argument("--freeze-layers", type=int, help=argparse.SUPPRESS)
+    _quiet_flag(ft)
+    ft.set_defaults(func=cmd_finetune)
+
     e = sub.add_parser("evaluate", help="RMSE of a run on a labelled split, beside the train-mean baseline")
-    e.add_argument("run")
+    e.add_argument("run", nargs="?", default=None, help=RUN_HELP)
     e.add_argument("--data", required=True)
     e.add_argument("--split", default="test", choices=["train", "valid", "test"])
     e.add_argument("--limit", type=int)
@@ -237,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict a folder of images into a Kaggle submission CSV")
-    pr.add_argument("run")
-    pr.add_argument("images", help="folder of images, one image, or a .txt list of image paths")
+    pr.add_argument("paths", nargs="+", metavar="[RUN] IMAGES",
+                    help="the run (default: the model inside gzmorph), then a folder of images, one image, or a .txt "
+                         "list of image paths")
     pr.add_argument("-o", "--output", default="submission.csv")
     pr.add_argument("--shard", metavar="I/N", help="predict only shard I of N (0-based) of the sorted image list; "
                     "combine the N CSVs with `gzmorph merge`. Under torchrun the shard is the process's rank and "
@@ -253,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     mg.set_defaults(func=cmd_merge)
 
     pl = sub.add_parser("plot", help="learning curves and per-question RMSE of a run, or a gallery of galaxies (PNG)")
-    pl.add_argument("run")
+    pl.add_argument("run", nargs="?", default=None, help=RUN_HELP)
     pl.add_argument("--out", help="folder for the PNGs (default: the run folder)")
     pl.add_argument("--gallery", action="store_true",
                     help="galaxies with their true and predicted top answers, and the worst-predicted ones")
@@ -265,14 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plot)
 
     sv = sub.add_parser("serve", help="a local web page: drop a galaxy image, see the decision tree answered")
-    sv.add_argument("run")
+    sv.add_argument("run", nargs="?", default=None, help=RUN_HELP)
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     _model_run_flags(sv, tta=8)
     sv.set_defaults(func=cmd_serve)
 
     ex = sub.add_parser("export", help="export a run's model to ONNX (checked against PyTorch with onnxruntime)")
-    ex.add_argument("run")
+    ex.add_argument("run", nargs="?", default=None, help=RUN_HELP)
     ex.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
     ex.add_argument("--weights", default="best", help="best, last, or a .safetensors file (default: best)")
     ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")

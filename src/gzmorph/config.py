@@ -56,6 +56,12 @@ def knob(default: Any = None, help: str = "", *, choices: tuple | None = None, f
 
 
 RECIPE = "; default: the model's recipe"
+# Fine-tuning from a pretrained backbone (`gzmorph finetune`): the new head alone first, so that its random start
+# does not send large gradients into the backbone, then everything, the backbone at a tenth of the rate. epochs=None
+# is resolved from the number of labelled galaxies (at least MIN_FINETUNE_STEPS optimizer steps).
+FINETUNE_RECIPE = {"epochs": None, "lr": 1e-3, "head_epochs": 2, "backbone_lr": 0.1, "ema": 0.99, "warmup_epochs": 1,
+                   "schedule": "cosine", "weight_decay": 5e-4, "augment": "strong", "batch_size": 64}
+MIN_FINETUNE_STEPS = 400
 
 
 @dataclass
@@ -82,6 +88,21 @@ class TrainConfig:
                                      "(any angle, zoom, shifts, colour)" + RECIPE, choices=tuple(AUGMENTATIONS))
     model_options: dict[str, Any] = knob(help="model options (see `gzmorph models`), e.g. {'widths': [48, 96, 192, "
                                               "384]}; on the command line --option KEY=VALUE", factory=dict)
+    init: str | None = knob(None, "start from the weights of this run (a run folder, or 'pretrained' for the "
+                                  "model inside gzmorph): the backbone always, the head too where the task is the "
+                                  "same; the model and its options are then the run's")
+    labels: str | None = knob(None, "fine-tuning: a CSV of GalaxyID + your own columns (classes, fractions or numbers; "
+                                    "empty cells unknown), instead of the Kaggle catalogue")
+    images: str | None = knob(None, "fine-tuning: the folder of the label file's images (<GalaxyID>.jpg, .png, "
+                                    "FITS)")
+    columns: list[str] = knob(help="fine-tuning: the label columns to learn (default: all but GalaxyID and split)",
+                              factory=list)
+    task: dict[str, Any] | None = knob(None, "fine-tuning: the task read from the label file (set by gzmorph, "
+                                             "saved so the run rebuilds its head)")
+    head_epochs: int | None = knob(None, "fine-tuning: epochs that train the new head alone, before the whole "
+                                         "network" + RECIPE)
+    backbone_lr: float | None = knob(None, "the backbone's learning rate as a fraction of --lr once it trains (a "
+                                           "pretrained backbone wants small steps)" + RECIPE)
     pretrained: str | None = knob(None, "weights file or URL for families that have them (seed-resnet50, "
                                         "resnet50: torchvision's; 'imagenet' for its ImageNet weights)")
     seed: int = knob(0, "shuffling, augmentation, dropout and initialisation all derive from it: same seed, "
@@ -111,8 +132,11 @@ class TrainConfig:
 
         spec = get_spec(self.model)
         base = {"epochs": 10, "batch_size": 32, "lr": 1e-3, "loss": "mse", "head": "tree", "augment": "none",
-                "weight_decay": 0.0, "schedule": "constant", "warmup_epochs": 0.0, "ema": 0.0}
+                "weight_decay": 0.0, "schedule": "constant", "warmup_epochs": 0.0, "ema": 0.0, "head_epochs": 0,
+                "backbone_lr": 1.0}
         base.update(spec.defaults)
+        if self.labels:
+            base.update(FINETUNE_RECIPE)
         filled = {k: (getattr(self, k) if getattr(self, k) is not None else base[k]) for k in base}
         cfg = replace(self, **filled)
         cfg.validate()
@@ -129,7 +153,13 @@ class TrainConfig:
             raise BadArgument("--weight-decay and --warmup-epochs must not be negative")
         if self.patience is not None and self.patience < 1:
             raise BadArgument(f"--patience must be at least 1 epoch, got {self.patience}")
+        if self.head_epochs < 0 or not self.backbone_lr >= 0:
+            raise BadArgument("--head-epochs and --backbone-lr must not be negative")
+        if self.labels and not self.images:
+            raise BadArgument("fine-tuning on --labels needs --images DIR, the folder of their images")
         for name in ("epochs", "batch_size"):
+            if name == "epochs" and self.epochs is None and self.labels:
+                continue  # resolved from the number of labelled galaxies when they are read
             if getattr(self, name) < 1:
                 raise BadArgument(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         from .tree import QUESTION_BY_NAME

@@ -204,7 +204,7 @@ def write_metrics(run: Path, history: list[dict[str, float]]) -> None:
 
 
 def read_metrics(run: Path) -> list[dict[str, float]]:
-    path = Path(run) / METRICS
+    path = run_folder(run) / METRICS
     if not path.is_file():
         raise BadRun(f"{path}: no metrics yet (has the run finished an epoch?)")
     with open(path, newline="") as f:
@@ -217,8 +217,16 @@ def write_config(run: Path, cfg: TrainConfig, runtime: dict | None = None) -> No
                                      **({"runtime": runtime} if runtime else {})})
 
 
-def read_config(run: Path) -> TrainConfig:
-    path = Path(run) / CONFIG
+def run_folder(run: str | Path | None) -> Path:
+    """The folder of ``run``: the path itself, or for ``pretrained`` (or None) the model inside gzmorph, unpacked
+    into the cache (``gzmorph.pretrained``)."""
+    from . import pretrained
+
+    return pretrained.run_folder() if pretrained.is_alias(run) else Path(run)
+
+
+def read_config(run: str | Path | None) -> TrainConfig:
+    path = run_folder(run) / CONFIG
     if not path.is_file():
         raise BadRun(f"{run}: not a gzmorph run folder (no {CONFIG}); pass the --out folder of "
                            f"`gzmorph train`")
@@ -228,17 +236,17 @@ def read_config(run: Path) -> TrainConfig:
         raise BadRun(f"{path}: unreadable run config ({e})") from None
 
 
-def write_train_mean(run: Path, mean: np.ndarray) -> None:
+def write_train_mean(run: Path, mean: np.ndarray, names: list[str] | None = None) -> None:
+    """``names``: the outputs' names (default: Kaggle's 37 columns)."""
     from . import tree
 
-    atomic_write_json(run / TRAIN_MEAN, dict(zip(tree.COLUMNS, map(float, mean))))
+    atomic_write_json(run / TRAIN_MEAN, dict(zip(names or tree.COLUMNS, map(float, mean))))
 
 
 def read_train_mean(run: Path) -> np.ndarray:
-    from . import tree
-
-    d = json.loads((Path(run) / TRAIN_MEAN).read_text())
-    return np.array([d[c] for c in tree.COLUMNS], np.float32)
+    """The per-output train mean, in output order (Kaggle's columns, or a fine-tuning task's)."""
+    d = json.loads((run_folder(run) / TRAIN_MEAN).read_text())
+    return np.array(list(d.values()), np.float32)
 
 
 @dataclass
@@ -261,22 +269,50 @@ class LoadedModel:
         return Preprocess(spec.crop, spec.size)
 
 
-def load_model(run: str | Path, which: str = "best", device: str | torch.device = "cpu",
+def task_of(cfg: TrainConfig):
+    """The fine-tuning task of a run (``gzmorph.tasks.Task``), or None for the 37-answer tree."""
+    from .tasks import Task
+
+    return Task.from_dict(cfg.task) if cfg.task else None
+
+
+def output_names(cfg: TrainConfig) -> list[str]:
+    from . import tree
+
+    task = task_of(cfg)
+    return task.output_names if task else list(tree.COLUMNS)
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """The (untrained) network a config describes: its model, options and head, over the 37 answers or, for a
+    fine-tuned run, over its task's outputs."""
+    from .models import create_model
+    from .models.heads import Head
+
+    net = create_model(cfg.model, head=cfg.head, **cfg.model_options)
+    task = task_of(cfg)
+    if task is not None:
+        net.head = Head(net.feature_dim, task.width, "task", dropout=getattr(net.head.dropout, "p", 0.0),
+                        blocks=task.blocks)
+    return net
+
+
+def load_model(run: str | Path | None = None, which: str = "best", device: str | torch.device = "cpu",
                precision: str = "auto") -> LoadedModel:
     """The model of a run folder: ``which`` = "best" (lowest valid RMSE), "last", or a path to a .safetensors.
 
     ``precision`` (auto | fp32 | bf16, see :mod:`gzmorph.precision`) is how it will run; the weights are float32
     whatever it is."""
-    from .models import create_model, get_spec
+    from .models import get_spec
     from .precision import pick_device, resolve
 
-    run = Path(run)
+    run = run_folder(run)
     cfg = read_config(run)
     path = Path(which) if which not in ("best", "last") else run / (BEST if which == "best" else LAST)
     if which == "best" and not path.exists():
         path = run / LAST
     policy = resolve(precision, device if isinstance(device, torch.device) else pick_device(device))
-    model = create_model(cfg.model, head=cfg.head, **cfg.model_options)
+    model = build_model(cfg)
     load_weights(path, model, get_spec(cfg.model).legacy_head)
     policy.place(model).eval()
     return LoadedModel(model, cfg, path, file_sha256(path), policy)

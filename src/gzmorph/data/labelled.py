@@ -14,8 +14,8 @@ from ..errors import BadArgument, BadData
 from .cache import decode_all
 from .catalogue import Catalogue, read_catalogue
 from .images import Preprocess
-from .layout import KaggleLayout, open_layout
-from .splits import SPLITS, assign_splits
+from .layout import ImageFolder, KaggleLayout, open_layout
+from .splits import SPLITS, assign_splits, random_split
 
 log = logging.getLogger("gzmorph")
 
@@ -70,23 +70,23 @@ def limit_rows(cat: Catalogue, limit: int | None, seed: int, split: str) -> Cata
     return cat.subset(rows)
 
 
-def attach_images(layout: KaggleLayout, cat: Catalogue, prep: Preprocess, *, skip_bad: bool, split: str,
+def attach_images(folder: ImageFolder, cat: Catalogue, prep: Preprocess, *, skip_bad: bool, split: str,
                   cache_dir: str | Path | None = None, workers: int | None = None,
                   progress: bool = True) -> LabelledImages:
     """Decode the images of ``cat``; a missing or unreadable image is an error, or a logged skip with ``skip_bad``."""
-    found = [layout.image_path(int(i)) for i in cat.ids]
+    found = [folder.image_path(int(i)) for i in cat.ids]
     exists = np.array([p is not None for p in found], bool)
     paths = [p for p in found if p is not None]
     if not exists.all():
         first = int(cat.ids[int(np.flatnonzero(~exists)[0])])
         msg = (f"{int((~exists).sum())} {split} galaxy(ies) of {Path(cat.source).name} have no image in "
-               f"{layout.training_images} (e.g. {first}.jpg)")
+               f"{folder.path} (e.g. {first}.jpg)")
         if not skip_bad:
             raise BadData(msg + "; add the images, or pass --skip-bad to leave those rows out")
         log.warning("skipping: %s", msg)
         cat = cat.subset(np.flatnonzero(exists))
     if len(cat) == 0:
-        raise BadData(f"no {split} galaxies with images in {layout.training_images}")
+        raise BadData(f"no {split} galaxies with images in {folder.path}")
     decoded = decode_all(paths, prep, cache_dir=cache_dir, workers=workers, progress=progress)
     if not decoded.ok.all():
         bad = np.flatnonzero(~decoded.ok)
@@ -116,7 +116,7 @@ def load_labelled(root: str | Path, prep: Preprocess, splits: tuple[str, ...], *
             why = "" if layout.splits.exists() else " (there is no splits.csv, so only train and valid exist)"
             raise BadData(f"{layout.root}: the {split} split is empty{why}")
         cat = limit_rows(cat, limit, seed, split)
-        out[split] = attach_images(layout, cat, prep, skip_bad=skip_bad, split=split, cache_dir=cache_dir,
+        out[split] = attach_images(layout.training, cat, prep, skip_bad=skip_bad, split=split, cache_dir=cache_dir,
                                    workers=workers, progress=progress)
     return out
 
@@ -131,4 +131,30 @@ def masked_mean(cat: Catalogue) -> np.ndarray:
 def describe(cat: Catalogue) -> str:
     partial = int((~cat.fully_labelled).sum())
     return f"{len(cat)} galaxies" + (f" ({partial} partially labelled)" if partial else "") + \
-        f", {tree.N_OUTPUTS} outputs"
+        f", {cat.labels.shape[1]} outputs"
+
+
+def load_user_labelled(labels: str | Path, images: str | Path, task, prep: Preprocess, *, valid_fraction: float = 0.2,
+                       seed: int = 0, limit: int | None = None, skip_bad: bool = False,
+                       cache_dir: str | Path | None = None, workers: int | None = None,
+                       progress: bool = True) -> dict[str, LabelledImages]:
+    """Train and valid images of a fine-tuning label file (``gzmorph.tasks``) whose images lie in ``images``
+    (``<GalaxyID>.<suffix>``). The file's ``split`` column decides, else a seeded random split."""
+    from ..tasks import read_labels
+
+    folder = ImageFolder(images)
+    if not folder.path.is_dir():
+        raise BadData(f"{folder.path}: not a folder of images")
+    read = read_labels(labels, task)
+    names = read.split if read.split is not None else random_split(len(read.ids), valid_fraction, seed)
+    cat = Catalogue(read.ids, read.targets, read.mask, read.source)
+    out = {}
+    for split in ("train", "valid"):
+        part = cat.subset(np.flatnonzero(names == split))
+        if len(part) == 0:
+            raise BadData(f"{labels}: no {split} galaxies; give the split column both train and valid rows, or "
+                          f"more labelled galaxies")
+        part = limit_rows(part, limit, seed, split)
+        out[split] = attach_images(folder, part, prep, skip_bad=skip_bad, split=split, cache_dir=cache_dir,
+                                   workers=workers, progress=progress)
+    return out

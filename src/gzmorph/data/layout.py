@@ -49,6 +49,27 @@ def index_images(files: list[str], folder: Path) -> dict[str, str]:
     return out
 
 
+class ImageFolder:
+    """A folder of images named by GalaxyID (``<GalaxyID>.jpg``, or any other image suffix in any case), listed once."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @functools.cached_property
+    def _files(self) -> dict[str, str]:
+        # One directory listing instead of a stat per galaxy: 61k stats cost a warm start about a second.
+        try:
+            names = [e.name for e in os.scandir(self.path) if e.is_file()]
+        except OSError:
+            return {}
+        return index_images(names, self.path)
+
+    def image_path(self, galaxy_id: int) -> Path | None:
+        """The image file of ``galaxy_id``, or None when there is none."""
+        name = self._files.get(str(galaxy_id))
+        return None if name is None else self.path / name
+
+
 @dataclass(frozen=True)
 class KaggleLayout:
     root: Path
@@ -74,19 +95,13 @@ class KaggleLayout:
         return self.root / SPLITS
 
     @functools.cached_property
-    def _training_files(self) -> dict[str, str]:
-        # One directory listing instead of a stat per galaxy: 61k stats cost a warm start about a second.
-        try:
-            names = [e.name for e in os.scandir(self.training_images) if e.is_file()]
-        except OSError:
-            return {}
-        return index_images(names, self.training_images)
+    def training(self) -> ImageFolder:
+        return ImageFolder(self.training_images)
 
     def image_path(self, galaxy_id: int) -> Path | None:
-        """The image file of ``galaxy_id`` (``<GalaxyID>.jpg`` as Kaggle names them, or any other image suffix in
+        """The training image of ``galaxy_id`` (``<GalaxyID>.jpg`` as Kaggle names them, or any other image suffix in
         any case), or None when there is none."""
-        name = self._training_files.get(str(galaxy_id))
-        return None if name is None else self.training_images / name
+        return self.training.image_path(galaxy_id)
 
 
 def open_layout(root: str | Path) -> KaggleLayout:

@@ -46,13 +46,19 @@ def assign_splits(layout: KaggleLayout, full: Catalogue, valid_fraction: float, 
         missing = [int(i) for i in full.ids if int(i) not in given]
         if missing:
             raise BadData(f"{layout.splits}: no split for {len(missing)} galaxy(ies) of {full.source} "
-                               f"(e.g. GalaxyID {missing[0]}); list every galaxy, or remove splits.csv to split at "
-                               f"random with --valid-fraction")
+                          f"(e.g. GalaxyID {missing[0]}); list every galaxy, or remove splits.csv to split at "
+                          f"random with --valid-fraction")
         return np.array([given[int(i)] for i in full.ids])
+    log.info("no splits.csv: seeded random split (seed %d), %.0f%% valid, no test split", seed, 100 * valid_fraction)
+    return random_split(len(full), valid_fraction, seed)
+
+
+def random_split(n: int, valid_fraction: float, seed: int) -> np.ndarray:
+    """``n`` split names, ``valid_fraction`` of them (at least one) "valid" at seeded random places, the rest
+    "train"."""
     if not 0 < valid_fraction < 1:
         raise BadArgument(f"--valid-fraction must be between 0 and 1, got {valid_fraction}")
-    order = np.random.default_rng(seed).permutation(len(full))
-    names = np.full(len(full), "train", dtype=object)
-    names[order[: max(1, round(valid_fraction * len(full)))]] = "valid"
-    log.info("no splits.csv: seeded random split (seed %d), %.0f%% valid, no test split", seed, 100 * valid_fraction)
+    order = np.random.default_rng(seed).permutation(n)
+    names = np.full(n, "train", dtype=object)
+    names[order[: max(1, round(valid_fraction * n))]] = "valid"
     return names.astype(str)

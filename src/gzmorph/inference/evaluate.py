@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import runs, tree
 from ..data.labelled import LabelledImages, load_labelled
+from ..errors import BadArgument
 from ..fsio import atomic_write_json
 from ..metrics import report
 from ..precision import pick_device
@@ -40,6 +41,9 @@ def predict_split(run: str | Path, data: str | Path, split: str, *, which: str =
     check_tta(tta)
     loaded = runs.load_model(run, which, pick_device(device), precision)
     cfg = loaded.config
+    if cfg.task:
+        raise BadArgument(f"{run} is fine-tuned on {cfg.labels}'s own columns; evaluate scores the 37 Galaxy Zoo "
+                          f"answers of a Kaggle-layout folder. Predict its columns with `gzmorph predict {run} IMAGES`")
     labelled = load_labelled(data, loaded.prep, (split,), use_partial=False, valid_fraction=cfg.valid_fraction,
                              seed=cfg.seed, limit=limit, skip_bad=skip_bad, cache_dir=cache_dir, workers=workers,
                              progress=progress)[split]
@@ -53,7 +57,7 @@ def evaluate(run: str | Path, data: str | Path, split: str = "test", *, which: s
              tta: int = 1, precision: str = "auto", cache_dir: str | None = None, workers: int | None = None,
              write: bool = True, progress: bool = True) -> dict:
     """Evaluate ``run`` on ``split`` of the Kaggle-layout folder ``data``; writes RUN/eval-<split>.json."""
-    run = Path(run)
+    run = runs.run_folder(run)
     done = predict_split(run, data, split, which=which, limit=limit, batch_size=batch_size, device=device,
                          precision=precision, skip_bad=skip_bad, tta=tta, cache_dir=cache_dir, workers=workers,
                          progress=progress)

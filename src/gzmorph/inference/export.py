@@ -72,6 +72,7 @@ def export_onnx(run: str | Path, out: str | Path, *, which: str = "best", opset:
     if opset is not None and opset < 18:
         raise BadArgument(f"--opset {opset}: the exporter writes opset 18 or newer (onnxruntime 1.14+ runs them); "
                            f"use --opset 18 or more, or leave it out")
+    run = runs.run_folder(run)
     loaded = runs.load_model(run, which, "cpu", "fp32")  # the graph is float32 whatever runs it
     cfg, prep = loaded.config, loaded.prep
     model = loaded.model.eval()
@@ -103,7 +104,7 @@ def export_onnx(run: str | Path, out: str | Path, *, which: str = "best", opset:
         "preprocessing": (f"centre {prep.crop} x {prep.crop} px of the {REFERENCE_SIDE} px Kaggle/SDSS cutout (in "
                           f"proportion for other sizes), resized bilinearly to {prep.size} x {prep.size}"),
         "output_name": OUTPUT_NAME,
-        "columns": ",".join(tree.COLUMNS),
+        "columns": ",".join(runs.output_names(cfg)),
         "torch_version": torch.__version__,
     }
     kept = [p for p in proto.metadata_props if p.key not in metadata]

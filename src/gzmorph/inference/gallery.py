@@ -131,8 +131,9 @@ def plot_gallery(run: str | Path, data: str | Path, *, split: str = "valid", n: 
     check_tta(tta)
     if not 1 <= n <= MAX_GALLERY:
         raise BadArgument(f"--n {n}: galaxies per grid must be between 1 and {MAX_GALLERY}")
-    run = Path(run)
-    runs.read_config(run)  # a clear error if this is not a run folder, before anything slow
+    run = runs.run_folder(run)
+    if runs.read_config(run).task:  # a clear error if this is not a run folder (or not the tree's), before anything slow
+        raise BadArgument(f"{run} is fine-tuned on its own columns; the galleries show the 37 Galaxy Zoo answers")
     out_dir = ensure_writable_dir(out_dir if out_dir else run)
     done = predict_split(run, data, split, which=which, device=device, precision=precision, tta=tta,
                          cache_dir=cache_dir, workers=workers, progress=progress)

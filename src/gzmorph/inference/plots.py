@@ -82,7 +82,7 @@ def plot_question_rmse(eval_json: str | Path, out: str | Path) -> Path:
 
 def plot_run(run: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Every figure the run has data for: learning curves, and per-question RMSE for each evaluated split."""
-    run = Path(run)
+    run = runs.run_folder(run)
     runs.read_config(run)  # a clear error if this is not a run folder
     out_dir = Path(out_dir) if out_dir else run
     out_dir.mkdir(parents=True, exist_ok=True)

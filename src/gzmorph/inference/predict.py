@@ -20,7 +20,7 @@ import torch
 from .. import runs
 from ..data.decoder import decode_chunks
 from ..data.images import Preprocess, image_stem, list_images
-from ..data.layout import SUBMISSION_HEADER
+from ..data.layout import ID_COLUMN, SUBMISSION_HEADER
 from ..errors import BadData, BadImage
 from ..fsio import atomic_write, atomic_write_json, check_output_file
 from ..training import distributed
@@ -127,19 +127,22 @@ def predict(run: str | Path, images: str | Path, out: str | Path = "submission.c
                                       workers=workers, device=device, skip_bad=skip_bad, tta=tta, precision=precision,
                                       progress=progress)
     dev = distributed.pick_device(cluster, device)
+    run = runs.run_folder(run)
     loaded = runs.load_model(run, which, dev, precision)
     all_paths = collect_inputs(images)
     paths = all_paths[shard_slice(len(all_paths), *shard)] if shard else all_paths
     if shard:
         log.info("shard %d/%d: %d of %d images", shard[0], shard[1], len(paths), len(all_paths))
     workers = workers or min(distributed.cpu_share(cluster, None), 16)  # the cores, split between a node's processes
+    # The Kaggle submission header, or for a fine-tuned run GalaxyID + its task's outputs.
+    header = (ID_COLUMN, *runs.output_names(loaded.config)) if loaded.config.task else SUBMISSION_HEADER
     stream = ImageStream(paths, loaded.prep, batch_size=batch_size, workers=workers, skip_bad=skip_bad,
                          listed_in=f"{out}.json", progress=progress)
     started = time.perf_counter()
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
-            f.write(",".join(SUBMISSION_HEADER) + "\n")
+            f.write(",".join(header) + "\n")
             for good, pixels in stream:
                 pred = predict_answers(loaded, pixels, batch_size, tta)
                 f.write("\n".join(galaxy_id(p) + "," + ",".join(f"{v:.6f}" for v in row)

@@ -99,8 +99,11 @@ class Predictor:
     def __init__(self, run: str | Path, which: str = "best", device: str = "auto", tta: int = 8,
                  precision: str = "auto"):
         check_tta(tta)
-        self.run = Path(run)
-        self.loaded = runs.load_model(run, which, pick_device(device), precision)
+        self.run = runs.run_folder(run)
+        self.loaded = runs.load_model(self.run, which, pick_device(device), precision)
+        if self.loaded.config.task:
+            raise BadArgument(f"{self.run} is fine-tuned on its own columns; the page answers the 37 Galaxy Zoo "
+                              f"questions. Predict its columns with `gzmorph predict {self.run} IMAGES`")
         self.device = self.loaded.policy.device
         self.prep = self.loaded.prep
         self.tta = tta

@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from ..data.layout import SUBMISSION_HEADER
 from ..errors import BadArgument, BadData
 from ..fsio import atomic_write, atomic_write_json, check_output_file
 
@@ -91,7 +90,8 @@ def merge_shards(parts: Sequence[str | Path], out: str | Path) -> PredictionSumm
     out = check_output_file(out, "submission.csv")
     infos = check_parts(parts, out, "predict", (("weights_sha256", "weights"), ("tta", "--tta settings"),
                                                  ("precision", "--precision settings")))
-    header = ",".join(SUBMISSION_HEADER)
+    with open(infos[0][0], newline="") as f:
+        header = f.readline().rstrip("\r\n")  # the Kaggle header, or a fine-tuned run's columns
     n_rows = 0
 
     def write(tmp: Path) -> None:
@@ -101,7 +101,7 @@ def merge_shards(parts: Sequence[str | Path], out: str | Path) -> PredictionSumm
             for p, _ in infos:
                 with open(p, newline="") as src:
                     if src.readline().rstrip("\r\n") != header:
-                        raise BadData(f"{p}: its header is not the Kaggle submission header")
+                        raise BadData(f"{p}: its header differs from {infos[0][0]}'s")
                     for line in src:
                         if line.strip():
                             dst.write(line if line.endswith("\n") else line + "\n")

@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .. import runs
 from ..config import TTA_VIEWS
 from ..data.batches import batch_indices, to_input
 from ..errors import BadArgument
@@ -74,7 +75,14 @@ def _n_outputs(model: torch.nn.Module) -> int:
 
 
 def predict_answers(loaded, pixels: np.ndarray, batch_size: int = 256, tta: int = 1) -> np.ndarray:
-    """The vote fractions of a loaded run (``runs.LoadedModel``) for uint8 images: its outputs under its precision
-    policy, clipped to [0, 1]. The heads already give values in [0, 1]; the clip only guards the written numbers
-    against rounding. What predict, evaluate, serve and the galleries all report."""
-    return np.clip(predict_array(loaded.model, pixels, batch_size, loaded.policy, tta=tta), 0.0, 1.0)
+    """The answers of a loaded run (``runs.LoadedModel``) for uint8 images: its outputs under its precision policy,
+    vote fractions and probabilities clipped to [0, 1] (the heads already give values in [0, 1]; the clip only
+    guards the written numbers against rounding), a fine-tuned number column back in its own units. What predict,
+    evaluate, serve and the galleries all report."""
+    out = predict_array(loaded.model, pixels, batch_size, loaded.policy, tta=tta)
+    task = runs.task_of(loaded.config)
+    if task is None:
+        return np.clip(out, 0.0, 1.0)
+    for col, sl in zip(task.columns, task.slices()):  # a fine-tuned run: its columns in their own units
+        out[:, sl] = out[:, sl] * col.std + col.mean if col.kind == "number" else np.clip(out[:, sl], 0.0, 1.0)
+    return out

@@ -21,17 +21,18 @@ from .. import runs
 from ..config import TrainConfig
 from ..data.batches import batch_indices, to_input
 from ..data.images import Preprocess
-from ..data.labelled import LabelledImages, describe, load_labelled, masked_mean, without_questions
+from ..config import MIN_FINETUNE_STEPS
+from ..data.labelled import LabelledImages, describe, load_labelled, load_user_labelled, masked_mean, without_questions
 from ..errors import BadRun, GzmorphError
 from ..fsio import ensure_writable_dir
 from ..inference.tta import predict_array
 from ..metrics import rmse
-from ..models import create_model, get_spec
+from ..models import get_spec
 from ..precision import Policy, resolve
 from . import distributed
 from .augment import augment_batch, get_augment
 from .average import WeightAverage
-from .loss import masked_loss
+from .loss import masked_loss, task_loss
 from .schedule import learning_rate
 
 log = logging.getLogger("gzmorph")
@@ -54,6 +55,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         cfg = replace(saved, epochs=cfg.epochs or saved.epochs)
     elif (run / runs.CHECKPOINT).exists():
         raise BadRun(f"{run} already holds a trained run; continue it with --resume {run}, or choose another --out")
+    else:
+        cfg = _with_init_and_task(cfg)
     cfg = cfg.resolved()
     ensure_writable_dir(run)
     cluster = distributed.from_env()
@@ -63,6 +66,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     cfg = replace(cfg, precision=policy.name)  # saved resolved: a resumed run keeps the arithmetic it started with
     with distributed.process_group(cluster, device):
         return _fit(cfg, run, resume, cluster, policy, progress and cluster.is_main)
+
+
+def _with_init_and_task(cfg: TrainConfig) -> TrainConfig:
+    """A new run's config with the model of its ``init`` run (weights only fit the same network) and, when it
+    fine-tunes on a label file, the task read from that file."""
+    if cfg.init:
+        init = runs.read_config(cfg.init)
+        cfg = replace(cfg, init=str(runs.run_folder(cfg.init)), model=init.model, model_options=init.model_options,
+                      head=cfg.head or init.head)
+    if cfg.labels:
+        from ..tasks import infer_task
+
+        cfg = replace(cfg, task=infer_task(cfg.labels, cfg.columns or None).to_dict())
+    return cfg
 
 
 @dataclass
@@ -84,6 +101,8 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster
     """The loop. With several processes every process runs it; only rank 0 writes files."""
     main = cluster.is_main
     train_set, valid_set = _load_data(cfg, cluster, policy, progress)
+    if cfg.epochs is None:  # a fine-tuning recipe: long enough in optimizer steps, whatever the number of labels
+        cfg = replace(cfg, epochs=max(10, math.ceil(MIN_FINETUNE_STEPS / math.ceil(len(train_set) / cfg.batch_size))))
     parts = _build(cfg, policy, resume)
     state = _start(cfg, run, parts, train_set, resume, main)
     if state.stopped_early:
@@ -103,7 +122,7 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster
         loss_sum, sq_sum, known_sum = _train_epoch(cfg, epoch, model, parts, train_set, cluster, policy, progress)
         # Every process scores the whole valid split with identical weights, so all agree on the best epoch and on
         # stopping early without exchanging a message.
-        valid_loss, valid_rmse = _validate(parts.scored, valid_set, cfg.loss, max(256, cfg.batch_size), policy)
+        valid_loss, valid_rmse = _validate(parts.scored, valid_set, cfg, max(256, cfg.batch_size), policy)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / known_sum, "train_rmse": math.sqrt(sq_sum / known_sum),
                "valid_loss": valid_loss, "valid_rmse": valid_rmse, "lr": parts.optimizer.param_groups[0]["lr"],
                "seconds": time.perf_counter() - started}
@@ -122,11 +141,16 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster
 def _load_data(cfg: TrainConfig, cluster: distributed.Cluster, policy: Policy, progress: bool
                ) -> tuple[LabelledImages, LabelledImages]:
     spec = get_spec(cfg.model)
+    prep = Preprocess(spec.crop, spec.size)
+    common = dict(seed=cfg.seed, limit=cfg.limit, skip_bad=cfg.skip_bad, cache_dir=cfg.cache_dir,
+                  workers=distributed.cpu_share(cluster, cfg.workers), progress=progress)
     with distributed.node_leader_first(cluster):  # one process per machine fills its image cache
-        sets = load_labelled(cfg.data, Preprocess(spec.crop, spec.size), ("train", "valid"),
-                             use_partial=cfg.use_partial, valid_fraction=cfg.valid_fraction, seed=cfg.seed,
-                             limit=cfg.limit, skip_bad=cfg.skip_bad, cache_dir=cfg.cache_dir,
-                             workers=distributed.cpu_share(cluster, cfg.workers), progress=progress)
+        if cfg.labels:
+            sets = load_user_labelled(cfg.labels, cfg.images, runs.task_of(cfg), prep,
+                                      valid_fraction=cfg.valid_fraction, **common)
+        else:
+            sets = load_labelled(cfg.data, prep, ("train", "valid"), use_partial=cfg.use_partial,
+                                 valid_fraction=cfg.valid_fraction, **common)
     train_set, valid_set = sets["train"], sets["valid"]
     if cfg.mask_questions:  # never learnt, never scored: as if no volunteer had been asked
         train_set, valid_set = (without_questions(s, cfg.mask_questions) for s in (train_set, valid_set))
@@ -145,16 +169,42 @@ def _load_data(cfg: TrainConfig, cluster: distributed.Cluster, policy: Policy, p
 def _build(cfg: TrainConfig, policy: Policy, resume: bool) -> _Parts:
     spec = get_spec(cfg.model)
     torch.manual_seed(cfg.seed)  # model initialisation: the same in every process
-    net = create_model(cfg.model, head=cfg.head, **cfg.model_options)
+    net = runs.build_model(cfg)
     if cfg.pretrained and not resume:
         if spec.load_pretrained is None:
             raise GzmorphError(f"model {cfg.model!r} has no pretrained weights to load")
         spec.load_pretrained(net, cfg.pretrained)
+    if cfg.init and not resume:
+        _load_init(net, cfg)
     policy.place(net)
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.weight_decay \
-        else torch.optim.Adam(params, lr=cfg.lr)
+    if _two_rates(cfg):  # the backbone and the head at their own rates (see _lr_factors)
+        groups = [{"params": [p for p in part.parameters() if p.requires_grad]} for part in (net.backbone, net.head)]
+    else:
+        groups = [{"params": [p for p in net.parameters() if p.requires_grad]}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.weight_decay \
+        else torch.optim.Adam(groups, lr=cfg.lr)
     return _Parts(net, optimizer, WeightAverage(net, cfg.ema) if cfg.ema else None)
+
+
+def _load_init(net: torch.nn.Module, cfg: TrainConfig) -> None:
+    """The init run's weights: its backbone always; its head as well when it has the same outputs."""
+    init = runs.load_model(cfg.init, "best", "cpu", "fp32").model
+    net.backbone.load_state_dict(init.backbone.state_dict())
+    if runs.output_names(runs.read_config(cfg.init)) == runs.output_names(cfg):
+        net.head.load_state_dict(init.head.state_dict())
+    log.info("started from the weights of %s", cfg.init)
+
+
+def _two_rates(cfg: TrainConfig) -> bool:
+    # One parameter group unless the recipe asks for more, so runs of gzmorph 0.1 resume with their optimizer state.
+    return cfg.head_epochs > 0 or cfg.backbone_lr != 1.0
+
+
+def _lr_factors(cfg: TrainConfig, epoch: int) -> list[float]:
+    """Each parameter group's share of the scheduled rate: the backbone rests during the head-only epochs."""
+    if not _two_rates(cfg):
+        return [1.0]
+    return [0.0 if epoch < cfg.head_epochs else cfg.backbone_lr, 1.0]
 
 
 def _start(cfg: TrainConfig, run: Path, parts: _Parts, train_set: LabelledImages, resume: bool,
@@ -166,7 +216,7 @@ def _start(cfg: TrainConfig, run: Path, parts: _Parts, train_set: LabelledImages
             log.info("resuming %s after epoch %d of %d", run, state.epoch, cfg.epochs)
         return state
     if main:
-        runs.write_train_mean(run, masked_mean(train_set.catalogue))
+        runs.write_train_mean(run, masked_mean(train_set.catalogue), runs.output_names(cfg))
     return runs.Progress(epoch=0, best_rmse=math.inf, best_epoch=0, history=[])
 
 
@@ -194,6 +244,9 @@ def _train_epoch(cfg: TrainConfig, epoch: int, model: torch.nn.Module, parts: _P
     rng = np.random.default_rng(seed)  # shuffling: the same global batches in every process
     gen = torch.Generator().manual_seed(seed + cluster.rank)  # augmentation of this process's rows
     model.train()
+    if epoch < cfg.head_epochs:
+        parts.net.backbone.eval()  # its BatchNorm statistics stay those it came with while only the head learns
+    factors = _lr_factors(cfg, epoch)
     # Running sums stay on the device and are read every CHECK_EVERY steps: a .item() per step would stall a GPU.
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss x known, squared error, known answers
     bar = tqdm(batch_indices(len(train_set), cfg.batch_size, rng), total=n_batches, unit="batch",
@@ -202,14 +255,14 @@ def _train_epoch(cfg: TrainConfig, epoch: int, model: torch.nn.Module, parts: _P
         if len(idx) < cluster.world:
             continue  # a last batch too small to give every process a row (world > 1 only): skipped by all
         idx = idx[cluster.rank::cluster.world]
-        for group in parts.optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step, n_batches)
+        for group, factor in zip(parts.optimizer.param_groups, factors):
+            group["lr"] = learning_rate(cfg, step, n_batches) * factor
         x = augment_batch(to_input(train_set.pixels[idx], device, policy.channels_last), aug, gen)
         x = x.contiguous(memory_format=policy.memory_format)  # grid_sample hands back NCHW
         y, m = labels[idx].to(device, non_blocking=True), mask[idx].to(device, non_blocking=True)
         with policy.autocast():
             pred = model(x)
-        loss = masked_loss(pred.float(), y, m, cfg.loss)
+        loss = _loss(cfg, pred.float(), y, m)
         known = m.sum()
         if cluster.enabled:
             # DDP averages gradients over processes; weighting each by its share of the known answers makes that
@@ -233,13 +286,18 @@ def _train_epoch(cfg: TrainConfig, epoch: int, model: torch.nn.Module, parts: _P
     return distributed.all_sum(cluster, sums).tolist()
 
 
-def _validate(model: torch.nn.Module, data: LabelledImages, loss_kind: str, batch_size: int, policy: Policy
+def _loss(cfg: TrainConfig, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if cfg.task:
+        return task_loss(pred, target, mask, runs.task_of(cfg).blocks, cfg.loss)
+    return masked_loss(pred, target, mask, cfg.loss)
+
+
+def _validate(model: torch.nn.Module, data: LabelledImages, cfg: TrainConfig, batch_size: int, policy: Policy
               ) -> tuple[float, float]:
-    """(masked loss, RMSE) of ``model`` on ``data``."""
+    """(masked loss, RMSE over the known outputs) of ``model`` on ``data``."""
     pred = predict_array(model, data.pixels, batch_size, policy)
     cat = data.catalogue
-    loss = float(masked_loss(torch.from_numpy(pred), torch.from_numpy(cat.labels), torch.from_numpy(cat.mask),
-                             loss_kind))
+    loss = float(_loss(cfg, torch.from_numpy(pred), torch.from_numpy(cat.labels), torch.from_numpy(cat.mask)))
     return loss, rmse(pred, cat.labels, cat.mask)
 
 

@@ -19,3 +19,23 @@ def masked_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, ki
     else:
         raise ValueError(f"unknown loss {kind!r}")
     return (per * m).sum() / m.sum().clamp_min(1)
+
+
+def task_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, blocks: list[tuple[str, int]],
+              fraction_loss: str = "mse") -> torch.Tensor:
+    """A fine-tuning task's loss (``gzmorph.tasks``): per column, cross-entropy on a class column's softmax, MSE
+    (or BCE) on a fraction, MSE on a standardised number; the mean over the (galaxy, column) cells that are known."""
+    total, cells, start = pred.new_zeros(()), pred.new_zeros(()), 0
+    for kind, width in blocks:
+        p, y, m = pred[:, start:start + width], target[:, start:start + width], mask[:, start:start + width]
+        known = m[:, 0].to(pred.dtype)  # a column is known or unknown for all of its outputs at once
+        if kind == "classes":
+            per = -(y * torch.log(p.clamp_min(1e-7))).sum(-1)
+        elif kind == "fraction" and fraction_loss == "bce":
+            per = F.binary_cross_entropy(p.clamp(1e-7, 1 - 1e-7), y, reduction="none")[:, 0]
+        else:
+            per = ((p - y) ** 2)[:, 0]
+        total = total + (per * known).sum()
+        cells = cells + known.sum()
+        start += width
+    return total / cells.clamp_min(1)
