@@ -1,19 +1,25 @@
-"""Throughput of each pipeline stage on this machine: one table (stage, device, img/s, what bounds it).
+"""Throughput of each pipeline stage on this machine, side by side in one run (these machines are shared and noisy:
+compare the ratios, with the absolute figures beside them).
 
-    python benchmarks/throughput.py                  # every stage, default model (gznet)
-    python benchmarks/throughput.py --model seed-cnn
+    python benchmarks/throughput.py                    # every stage
+    python benchmarks/throughput.py --stages predict   # one or more of: decode warm-start models compile predict
+    git worktree add /tmp/v0.1 b052136 && python benchmarks/throughput.py --baseline /tmp/v0.1/src  # vs v0.1
 
 Stages:
   decode-cache   building the preprocessed uint8 cache of every shared training image (fresh cache folder)
   warm-start     a new process: import, read catalogues, open the warm cache, build the model, one training step
-  train          training steps of the model (augmentation included), batches from the cached array
-  predict        `gzmorph predict` from a folder of JPEGs to the CSV (decode in worker processes + model)
+  models         every registered model: train steps (augmentation, forward, backward, AdamW) and inference
+                 forward passes, fp32 vs bf16 autocast x NCHW vs channels-last
+  compile        torch.compile (inductor) of the default model's bf16 train step: compile time, then steady img/s
+  predict        `gzmorph predict` on 5,985 real JPEGs (the 1,197 Kaggle test images listed 5 times), fp32 and
+                 bf16, beside its floor: the decoder alone (same workers) + the forward passes alone
 Writes benchmarks/results/throughput-<machine>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -28,15 +34,21 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from gzmorph.training.augment import augment_batch, get_augment  # noqa: E402
 from gzmorph.config import TrainConfig  # noqa: E402
-from gzmorph.data.cache import decode_all  # noqa: E402
-from gzmorph.data.images import Preprocess  # noqa: E402
-from gzmorph.precision import pick_device  # noqa: E402
 from gzmorph.data.batches import to_input  # noqa: E402
+from gzmorph.data.cache import decode_all  # noqa: E402
+from gzmorph.data.decoder import decode_chunks  # noqa: E402
+from gzmorph.data.images import Preprocess  # noqa: E402
+from gzmorph.models import create_model, get_spec, list_models  # noqa: E402
+from gzmorph.precision import Policy, native_bf16, pick_device  # noqa: E402
+from gzmorph.training.augment import augment_batch, get_augment  # noqa: E402
 from gzmorph.training.loss import masked_loss  # noqa: E402
-from gzmorph.models import create_model, get_spec  # noqa: E402
 from machine import describe_machine, machine_tag  # noqa: E402
+
+STAGES = ("decode", "warm-start", "models", "compile", "predict")
+# (precision, channels_last): gzmorph 0.1's CPU path first, then the two halves of the bf16 policy, then the policy.
+VARIANTS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
+PREDICT_REPEATS = 5  # the 1,197 test images listed this many times: 5,985 files, enough to amortise start-up
 
 WARM_START = r"""
 import time, sys
@@ -70,11 +82,8 @@ def bench_decode(data: Path, prep: Preprocess, cache: Path) -> dict:
 
 
 def bench_warm_start(data: Path, model: str, cache: Path, repeats: int = 3) -> dict:
-    """A new process up to its first training step, with the cache of exactly the train and valid images present.
-
-    The decode-cache stage caches the whole image folder, which is not the file list training asks for, so a first
-    run here fills the cache for the train and valid splits (untimed), and the median of ``repeats`` runs after it is
-    the warm start."""
+    """A new process up to its first training step, with the cache of exactly the train and valid images present
+    (a first, untimed run fills it); the median of ``repeats`` runs."""
     env = dict(os.environ, GZMORPH_CACHE=str(cache))
     walls, inside = [], []
     for k in range(repeats + 1):
@@ -86,93 +95,257 @@ def bench_warm_start(data: Path, model: str, cache: Path, repeats: int = 3) -> d
             inside.append(float(out.stdout.strip().splitlines()[-1]))
     return {"stage": "warm-start", "seconds": float(np.median(walls)), "runs_seconds": walls,
             "in_process_seconds": float(np.median(inside)),
-            "bound": "torch import (~0.7 s) and torch.optim's first import of torch._dynamo (~0.8 s)"}
+            "bound": "torch import and torch.optim's first import of torch._dynamo"}
 
 
-def bench_train(model_name: str, device: torch.device, steps: int, pixels: np.ndarray) -> dict:
+def _steps(model_name: str) -> int:
+    """Timed steps per variant: enough for a stable figure, few for the slow families."""
+    return {"resnet50": 4, "seed-resnet50": 6, "dieleman": 6}.get(model_name, 12)
+
+
+def bench_model(model_name: str, device: torch.device, precision: str, channels_last: bool,
+                compile_model: bool = False) -> dict:
+    """Train steps (augmentation, forward, masked loss, backward, AdamW) and inference forward passes of one model
+    under one precision and layout, on random pixels of the model's input size."""
     cfg = TrainConfig(data="", model=model_name).resolved()
-    model = create_model(model_name).to(device).train()
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), cfg.lr)
-    aug = get_augment(cfg.augment)
-    bs = cfg.batch_size
-    y, m = torch.rand(bs, 37, device=device), torch.ones(bs, 37, device=device)
+    spec = get_spec(model_name)
+    policy = Policy(device, precision)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    net = create_model(model_name).to(device, memory_format=fmt).train()
+    opt = torch.optim.AdamW(net.parameters(), cfg.lr, weight_decay=cfg.weight_decay or 0.0)
+    model = torch.compile(net) if compile_model else net
+    aug, bs = get_augment(cfg.augment), cfg.batch_size
     rng = np.random.default_rng(0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
-    for i in range(steps + 3):
-        if i == 3:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            started = time.perf_counter()
+    pixels = rng.integers(0, 256, (256, spec.size, spec.size, 3), dtype=np.uint8)
+    y, m = torch.rand(bs, 37, device=device), torch.ones(bs, 37, device=device)
+    gen = torch.Generator().manual_seed(0)
+    steps, warm = _steps(model_name), 2
+
+    def step() -> None:
         idx = np.sort(rng.choice(len(pixels), bs, replace=False))
-        x = augment_batch(to_input(pixels[idx], device, device.type == "cuda"), aug)
-        with autocast:
+        x = augment_batch(to_input(pixels[idx], device, channels_last), aug, gen).contiguous(memory_format=fmt)
+        with policy.autocast():
             pred = model(x)
-        loss = masked_loss(pred.float(), y, m, cfg.loss)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        masked_loss(pred.float(), y, m, cfg.loss).backward()
         opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    first = time.perf_counter()
+    step()
+    first = time.perf_counter() - first
+    for _ in range(warm - 1):
+        step()
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    train_s = time.perf_counter() - started
+    row = {"model": model_name, "precision": precision, "channels_last": channels_last, "batch_size": bs,
+           "train_img_per_s": steps * bs / train_s, "train_seconds": train_s, "first_step_seconds": first}
+    if compile_model:
+        return row
+    net.eval()
+    x = to_input(pixels, device, channels_last)
+    with torch.no_grad(), policy.autocast():
+        net(x)
+        _sync(device)
+        started = time.perf_counter()
+        repeats = max(1, steps // 4)
+        for _ in range(repeats):
+            net(x)
+        _sync(device)
+    infer_s = time.perf_counter() - started
+    row.update({"infer_img_per_s": repeats * len(pixels) / infer_s, "infer_seconds": infer_s})
+    return row
+
+
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
-    return {"stage": "train", "model": model_name, "batch_size": bs, "images": steps * bs, "seconds": seconds,
-            "img_per_s": steps * bs / seconds,
-            "bound": "convolutions (forward + backward)" if device.type == "cpu" else "GPU kernels"}
 
 
-def bench_predict(run_model: str, data: Path, device: torch.device, tmp: Path) -> dict:
-    # A run folder with an untrained model: speed does not depend on the weights.
+def bench_models(device: torch.device, models: list[str]) -> list[dict]:
+    rows = []
+    for name in models:
+        for precision, cl in VARIANTS:
+            row = bench_model(name, device, precision, cl)
+            rows.append(row)
+            print(f"  {name:14s} {precision} {'NHWC' if cl else 'NCHW'}: train {row['train_img_per_s']:7.1f} img/s, "
+                  f"infer {row['infer_img_per_s']:7.1f} img/s", flush=True)
+    return rows
+
+
+def bench_compile(device: torch.device, model: str) -> dict:
+    eager = bench_model(model, device, "bf16", True)
+    compiled = bench_model(model, device, "bf16", True, compile_model=True)
+    return {"stage": "compile", "model": model, "eager_img_per_s": eager["train_img_per_s"],
+            "compiled_img_per_s": compiled["train_img_per_s"], "compile_seconds": compiled["first_step_seconds"],
+            "speedup": compiled["train_img_per_s"] / eager["train_img_per_s"]}
+
+
+def _fake_run(model: str, folder: Path) -> Path:
+    """A run folder with an untrained model: prediction speed does not depend on the weights."""
     from gzmorph import runs
 
-    run = tmp / "run"
-    run.mkdir()
-    runs.write_config(run, TrainConfig(data=str(data), out=str(run), model=run_model).resolved())
-    runs.save_weights(run / runs.BEST, create_model(run_model))
-    images = data / "images_test_rev1"
-    n = len(list(images.glob("*.jpg")))
-    out = tmp / "submission.csv"
+    folder.mkdir(parents=True, exist_ok=True)
+    runs.write_config(folder, TrainConfig(data="", out=str(folder), model=model).resolved())
+    runs.save_weights(folder / runs.BEST, create_model(model))
+    runs.write_train_mean(folder, np.zeros(37, np.float32))
+    return folder
+
+
+BASELINE_RUN = r"""
+import sys
+from gzmorph import runs
+from gzmorph.config import TrainConfig
+from gzmorph.models import create_model
+model, folder = sys.argv[1], sys.argv[2]
+import pathlib, numpy as np
+folder = pathlib.Path(folder); folder.mkdir()
+runs.write_config(folder, TrainConfig(data="", out=str(folder), model=model).resolved())
+runs.save_weights(folder / runs.BEST, create_model(model))
+runs.write_train_mean(folder, np.zeros(37, np.float32))
+"""
+
+
+def bench_predict(model: str, data: Path, device: torch.device, tmp: Path, workers: int,
+                  baseline: Path | None = None) -> dict:
+    from gzmorph import runs
+    from gzmorph.inference.tta import predict_answers
+
+    images = sorted((data / "images_test_rev1").glob("*.jpg"))
+    listing = tmp / "images.txt"
+    # The same files under other names would be other GalaxyIDs; a list file may name a file twice... but predict
+    # refuses two files for one id, so each repeat is a symbolic link of its own.
+    links = tmp / "links"
+    links.mkdir()
+    paths = []
+    for r in range(PREDICT_REPEATS):
+        for p in images:
+            link = links / f"{r}{p.name}"
+            link.symlink_to(p)
+            paths.append(link)
+    listing.write_text("\n".join(map(str, paths)) + "\n")
+    run = _fake_run(model, tmp / "run")
+    spec = get_spec(model)
+    prep = Preprocess(spec.crop, spec.size)
+    out = {"stage": "predict", "model": model, "images": len(paths), "workers": workers, "cli": {}, "floor": {}}
+    # Decode alone: the decoder with the CLI's workers and chunks, nothing else running.
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "gzmorph.cli", "predict", str(run), str(images), "-o", str(out), "-q",
-                    "--device", str(device)], check=True, capture_output=True)
-    seconds = time.perf_counter() - started
-    return {"stage": "predict", "model": run_model, "images": n, "seconds": seconds, "img_per_s": n / seconds,
-            "bound": "process start + model load included; decode and model share the cores"}
+    decoded = [c.pixels for c in decode_chunks(paths, prep, chunk=256, workers=workers)]
+    decode_s = time.perf_counter() - started
+    pixels = np.concatenate(decoded)
+    for precision in ("fp32", "bf16"):
+        loaded = runs.load_model(run, "best", device, precision)
+        predict_answers(loaded, pixels[:256])  # warm
+        started = time.perf_counter()
+        predict_answers(loaded, pixels, 256)
+        forward_s = time.perf_counter() - started
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "gzmorph.cli", "predict", str(run), str(listing), "-o",
+                        str(tmp / f"{precision}.csv"), "-q", "--device", str(device), "--precision", precision,
+                        "--workers", str(workers)], check=True, capture_output=True)
+        cli_s = time.perf_counter() - started
+        inside = json.loads((tmp / f"{precision}.csv.json").read_text())["seconds"]
+        # The wall-clock of the command (process start and torch import included), and the seconds the command
+        # itself records from its model loaded to its CSV written.
+        out["cli"][precision] = {"seconds": cli_s, "img_per_s": len(paths) / cli_s, "in_process_seconds": inside}
+        out["floor"][precision] = {"decode_seconds": decode_s, "forward_seconds": forward_s,
+                                   "seconds": decode_s + forward_s, "cli_over_floor": cli_s / (decode_s + forward_s)}
+    out["speedup_bf16_over_fp32"] = out["cli"]["bf16"]["img_per_s"] / out["cli"]["fp32"]["img_per_s"]
+    if baseline:  # an earlier gzmorph's `predict` on the same files, in the same run: what "today" was
+        env = {**os.environ, "PYTHONPATH": str(baseline)}
+        old_run = tmp / "baseline-run"
+        subprocess.run([sys.executable, "-c", BASELINE_RUN, model, str(old_run)], env=env, check=True)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "gzmorph.cli", "predict", str(old_run), str(listing), "-o",
+                        str(tmp / "baseline.csv"), "-q", "--device", str(device), "--workers", str(workers)],
+                       env=env, check=True, capture_output=True)
+        seconds = time.perf_counter() - started
+        out["baseline"] = {"src": str(baseline), "seconds": seconds, "img_per_s": len(paths) / seconds}
+        out["speedup_bf16_over_baseline"] = out["cli"]["bf16"]["img_per_s"] / out["baseline"]["img_per_s"]
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "galaxy-zoo"))
-    p.add_argument("--model", default="gznet")
+    p.add_argument("--model", default="gznet", help="the model of the decode, warm-start, compile, predict stages")
+    p.add_argument("--models", nargs="+", default=list_models(), help="the models of the models stage")
     p.add_argument("--device", default="auto")
-    p.add_argument("--train-steps", type=int, default=30)
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="predict's decode workers")
+    p.add_argument("--baseline", type=Path, help="the src/ folder of an earlier gzmorph (e.g. a worktree of v0.1): "
+                                                 "its `predict` is timed on the same files, in the same run")
     args = p.parse_args()
     data, device = Path(args.data), pick_device(args.device)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     spec = get_spec(args.model)
     prep = Preprocess(spec.crop, spec.size)
-    rows = []
+    machine = describe_machine(str(device))
+    machine["native_bf16"] = native_bf16(device)
+    out = HERE / "results" / f"throughput-{machine_tag(machine)}.json"
+    saved = json.loads(out.read_text()) if out.exists() else {}
+    result = {"benchmark": "throughput", "machine": machine, "model": args.model,
+              **{k: v for k, v in saved.items() if k in STAGES}}
     with tempfile.TemporaryDirectory(prefix="gzmorph-throughput-") as tmp:
         tmp = Path(tmp)
         cache = tmp / "cache"
-        rows.append(bench_decode(data, prep, cache))
-        rows.append(bench_warm_start(data, args.model, cache))
-        pixels = np.load(next(cache.glob("*.npy")), mmap_mode="r")
-        rows.append(bench_train(args.model, device, args.train_steps, pixels))
-        rows.append(bench_predict(args.model, data, device, tmp))
-    machine = describe_machine(str(device))
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores" + (f", {machine['gpu']}" if "gpu" in machine else "")
-          + f", torch {machine['torch']}; model {args.model} ({spec.crop} px -> {spec.size} px)")
-    print(f"{'stage':13s} {'device':6s} {'img/s':>9s} {'seconds':>8s}  bound")
-    for r in rows:
-        rate = f"{r['img_per_s']:9.0f}" if "img_per_s" in r else f"{'-':>9s}"
-        dev = "cpu" if r["stage"] in ("decode-cache", "warm-start") else device.type
-        print(f"{r['stage']:13s} {dev:6s} {rate} {r['seconds']:8.2f}  {r['bound']}")
-    out = HERE / "results" / f"throughput-{machine_tag(machine)}.json"
+        if "decode" in args.stages:
+            result["decode"] = bench_decode(data, prep, cache)
+        if "warm-start" in args.stages:
+            with contextlib.suppress(StopIteration):
+                result["warm-start"] = bench_warm_start(data, args.model, cache)
+        if "models" in args.stages:
+            print("models (train: augmentation + forward + backward + AdamW; infer: forward, batch 256):")
+            result["models"] = bench_models(device, args.models)
+        if "compile" in args.stages:
+            result["compile"] = bench_compile(device, args.model)
+        if "predict" in args.stages:
+            result["predict"] = bench_predict(args.model, data, device, tmp, args.workers, args.baseline)
+    result["command"] = "python " + " ".join(sys.argv)
+    print_table(result)
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "throughput", "machine": machine, "model": args.model, "rows": rows,
-                               "command": "python " + " ".join(sys.argv)}, indent=2) + "\n")
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out.relative_to(HERE.parent)}")
+
+
+def print_table(r: dict) -> None:
+    m = r["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, native bf16: {m.get('native_bf16')}, torch {m['torch']}")
+    if "decode" in r:
+        d = r["decode"]
+        print(f"decode-cache: {d['images']} JPEGs in {d['seconds']:.2f} s ({d['img_per_s']:.0f} img/s)")
+    if "warm-start" in r:
+        print(f"warm start (new process -> first train step): {r['warm-start']['seconds']:.2f} s")
+    if "models" in r:
+        print(f"{'model':14s} {'variant':10s} {'train img/s':>11s} {'x fp32':>7s} {'infer img/s':>11s} {'x fp32':>7s}")
+        base = {row["model"]: row for row in r["models"] if row["precision"] == "fp32" and not row["channels_last"]}
+        for row in r["models"]:
+            b = base[row["model"]]
+            variant = f"{row['precision']} {'NHWC' if row['channels_last'] else 'NCHW'}"
+            print(f"{row['model']:14s} {variant:10s} {row['train_img_per_s']:11.1f} "
+                  f"{row['train_img_per_s'] / b['train_img_per_s']:6.2f}x {row['infer_img_per_s']:11.1f} "
+                  f"{row['infer_img_per_s'] / b['infer_img_per_s']:6.2f}x")
+    if "compile" in r:
+        c = r["compile"]
+        print(f"torch.compile ({c['model']}, bf16 NHWC train step): {c['compile_seconds']:.0f} s to compile, then "
+              f"{c['compiled_img_per_s']:.0f} img/s against eager {c['eager_img_per_s']:.0f} ({c['speedup']:.2f}x)")
+    if "predict" in r:
+        pr = r["predict"]
+        for prec in ("fp32", "bf16"):
+            c, f = pr["cli"][prec], pr["floor"][prec]
+            print(f"predict {prec}: {pr['images']} JPEGs in {c['seconds']:.1f} s ({c['img_per_s']:.0f} img/s); floor "
+                  f"{f['seconds']:.1f} s = decode {f['decode_seconds']:.1f} + forward {f['forward_seconds']:.1f}; "
+                  f"{f['cli_over_floor']:.2f}x the floor ({c['in_process_seconds'] / f['seconds']:.2f}x without the "
+                  f"{c['seconds'] - c['in_process_seconds']:.1f} s of process start, imports and model load)")
+        print(f"predict bf16 / fp32: {pr['speedup_bf16_over_fp32']:.2f}x")
+        if "baseline" in pr:
+            b = pr["baseline"]
+            print(f"predict of {b['src']}: {b['seconds']:.1f} s ({b['img_per_s']:.0f} img/s); bf16 now is "
+                  f"{pr['speedup_bf16_over_baseline']:.2f}x that")
 
 
 if __name__ == "__main__":

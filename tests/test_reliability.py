@@ -503,13 +503,15 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
     assert rc == 0, f"exit status {rc}:\n{log.read_text()}"
 
 
-def test_sigkill_then_resume_is_bitwise_the_uninterrupted_run(tmp_path, synth):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sigkill_then_resume_is_bitwise_the_uninterrupted_run(tmp_path, synth, precision):
+    """In bf16 too: oneDNN's bf16 kernels are deterministic on one machine, so the policy costs no reproducibility."""
     env = {**os.environ, "GZMORPH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
            "PYTHONUNBUFFERED": "1"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     # The uninterrupted run and the one to be killed run side by side (one thread each).
-    ref = _spawn(run_args(synth, straight, 3), env, tmp_path / "straight.log")
-    victim = _spawn(run_args(synth, killed, 3), env, tmp_path / "killed.log")
+    ref = _spawn(run_args(synth, straight, 3, "--precision", precision), env, tmp_path / "straight.log")
+    victim = _spawn(run_args(synth, killed, 3, "--precision", precision), env, tmp_path / "killed.log")
     try:
         deadline = time.monotonic() + 90
         rows: list = []
@@ -539,6 +541,7 @@ def test_sigkill_then_resume_is_bitwise_the_uninterrupted_run(tmp_path, synth):
     _finish(ref, tmp_path / "straight.log")
 
     assert checkpoint_progress(killed)["epoch"] == 3
+    assert json.loads((killed / runs.CONFIG).read_text())["runtime"]["precision"] == precision
     assert_same_weights(killed, straight)
     assert metrics_without_time(killed) == metrics_without_time(straight), f"killed after epoch {done_before}"
     assert [r["epoch"] for r in runs.read_metrics(killed)] == [1, 2, 3]

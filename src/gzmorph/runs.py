@@ -304,6 +304,7 @@ def load_model(run: str | Path | None = None, which: str = "best", device: str |
     ``precision`` (auto | fp32 | bf16, see :mod:`gzmorph.precision`) is how it will run; the weights are float32
     whatever it is."""
     from .models import get_spec
+    from .models.net import fold_batchnorm
     from .precision import pick_device, resolve
 
     run = run_folder(run)
@@ -314,5 +315,7 @@ def load_model(run: str | Path | None = None, which: str = "best", device: str |
     policy = resolve(precision, device if isinstance(device, torch.device) else pick_device(device))
     model = build_model(cfg)
     load_weights(path, model, get_spec(cfg.model).legacy_head)
+    if policy.name == "bf16":  # bf16 rounds more than folding changes; an fp32 model stays exactly what was trained
+        model = fold_batchnorm(model.eval())
     policy.place(model).eval()
     return LoadedModel(model, cfg, path, file_sha256(path), policy)

@@ -48,7 +48,11 @@ def _decode_chunk(task: tuple[int, list[str], Preprocess]) -> Chunk:
 def decode_chunks(paths: Sequence[str | Path], prep: Preprocess, *, chunk: int, workers: int,
                   ahead: int = 2) -> Iterator[Chunk]:
     """The chunks of ``chunk`` files of ``paths``, in order, decoded in ``workers`` processes (in this process when
-    ``workers`` <= 1), at most ``ahead * workers`` chunks ahead of the consumer."""
+    ``workers`` <= 1), at most ``ahead * workers`` chunks ahead of the consumer.
+
+    ``ahead=0`` takes turns instead: ``workers`` chunks are decoded while the consumer waits, then handed over
+    while the workers wait. That is what a consumer on the same CPU cores wants (a model's forward passes): decoding
+    beside them would only steal cores from its threads, which then wait for each other at every layer."""
     tasks = ((k, [str(p) for p in paths[k:k + chunk]], prep) for k in range(0, len(paths), chunk))
     if workers <= 1:
         yield from map(_decode_chunk, tasks)
@@ -60,8 +64,13 @@ def decode_chunks(paths: Sequence[str | Path], prep: Preprocess, *, chunk: int, 
     try:
         for task in tasks:
             pending.append(pool.apply_async(_decode_chunk, (task,)))
-            if len(pending) >= ahead * workers:
-                yield pending.popleft().get()
+            if len(pending) >= max(1, ahead) * workers:
+                if ahead:
+                    yield pending.popleft().get()
+                else:  # the whole turn is ready before the consumer gets any of it
+                    done = [r.get() for r in pending]
+                    pending.clear()
+                    yield from done
         while pending:
             yield pending.popleft().get()
     finally:

@@ -68,9 +68,11 @@ class ImageStream:
     ``skipped`` (and the caller records it in its ``.json``, named by ``listed_in``)."""
 
     def __init__(self, paths: Sequence[Path], prep: Preprocess, *, batch_size: int, workers: int, skip_bad: bool,
-                 listed_in: str, progress: bool = True, desc: str = "predicting"):
+                 listed_in: str, progress: bool = True, desc: str = "predicting", overlap: bool = False):
         self.paths, self.prep, self.batch_size, self.workers = list(paths), prep, batch_size, workers
         self.skip_bad, self.listed_in, self.progress, self.desc = skip_bad, listed_in, progress, desc
+        # Decode beside the model only where the model runs elsewhere (a GPU); on the CPU they take turns.
+        self.ahead = 2 if overlap else 0
         self.skipped: list[tuple[str, str]] = []
         self.n_good = 0
 
@@ -80,7 +82,8 @@ class ImageStream:
         bar = tqdm(total=len(self.paths), unit="img", desc=self.desc, disable=not self.progress or None,
                    leave=False)
         try:
-            for c in decode_chunks(self.paths, self.prep, chunk=self.batch_size, workers=self.workers):
+            for c in decode_chunks(self.paths, self.prep, chunk=self.batch_size, workers=self.workers,
+                                   ahead=self.ahead):
                 for i, why in c.bad:
                     if not self.skip_bad:
                         raise BadImage(f"{self.paths[i]}: {why}; fix or remove it, or pass --skip-bad to leave such "
@@ -137,7 +140,7 @@ def predict(run: str | Path, images: str | Path, out: str | Path = "submission.c
     # The Kaggle submission header, or for a fine-tuned run GalaxyID + its task's outputs.
     header = (ID_COLUMN, *runs.output_names(loaded.config)) if loaded.config.task else SUBMISSION_HEADER
     stream = ImageStream(paths, loaded.prep, batch_size=batch_size, workers=workers, skip_bad=skip_bad,
-                         listed_in=f"{out}.json", progress=progress)
+                         listed_in=f"{out}.json", progress=progress, overlap=dev.type != "cpu")
     started = time.perf_counter()
 
     def write(tmp: Path) -> None:
