@@ -62,13 +62,13 @@ def test_sample_is_seeded():
 def test_gallery_pngs(tmp_path, kaggle, monkeypatch):
     run = make_fake_run(tmp_path / "run", model="seed-cnn")
     grids = []
-    real_grid = plots._plot_grid
+    real_grid = plots.plot_grid
 
     def spy(panels, title, legend, out):
         grids.append([p["id"] for p in panels])
         return real_grid(panels, title, legend, out)
 
-    monkeypatch.setattr(plots, "_plot_grid", spy)
+    monkeypatch.setattr(plots, "plot_grid", spy)
     paths = plot_gallery(run, kaggle.root, split="train", n=3, device="cpu", workers=1, progress=False)
     assert paths == [run / "gallery_train.png", run / "gallery_train_worst.png"]
     for path in paths:

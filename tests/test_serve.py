@@ -399,3 +399,36 @@ def test_page_end_to_end_in_headless_chromium(chromium, trained_run, real_data, 
         assert driver.find_element(By.ID, "error").text == refused["error"]
         assert refused["error"].startswith("corrupt.jpg: ")
         assert not driver.find_element(By.ID, "results").is_displayed()
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_the_page_shows_galaxies_like_the_dropped_one_in_headless_chromium(chromium, trained_run, real_data,
+                                                                           tmp_path):
+    """`serve --index`: thumbnails of the index's nearest galaxies under the answers, in the order of the API."""
+    pytest.importorskip("faiss")
+    from selenium.webdriver.common.by import By
+
+    from gzmorph.inference.embed import embed
+
+    images = sorted((real_data / "images_training_rev1").glob("*.jpg"))[:60]
+    listing = tmp_path / "index.txt"
+    listing.write_text("\n".join(str(p) for p in images) + "\n")
+    embed(trained_run, listing, tmp_path / "features", workers=1, progress=False)
+    driver = chromium
+    with running(trained_run, tta=1, index=tmp_path / "features.npy") as (server, base):
+        status, expected = upload(base, images[0])
+        assert status == 200 and len(expected["similar"]) == 8
+        assert expected["similar"][0]["id"] == images[0].stem  # the galaxy itself is in the index
+        driver.get(f"{base}/")
+        driver.find_element(By.ID, "file").send_keys(str(images[0].resolve()))
+        assert _wait_for_status(driver, "done", "error") == "done", driver.find_element(By.ID, "error").text
+        shown = driver.find_elements(By.CSS_SELECTOR, "#similar li")
+        assert [li.find_element(By.CLASS_NAME, "neighbour-id").text for li in shown] == \
+            [s["id"] for s in expected["similar"]]
+        loaded = driver.execute_script("return [...document.querySelectorAll('#similar img')]"
+                                       ".map(i => i.complete ? i.naturalWidth : 0);")
+        assert loaded == [128] * 8
+        assert "of 60 galaxies" in driver.find_element(By.ID, "similar-caption").text
+        driver.set_window_size(1100, 2600)
+        driver.save_screenshot("/tmp/serve-similar-screenshot.png")

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from .config import PRECISIONS, TTA_VIEWS, TrainConfig
@@ -26,6 +27,7 @@ log = logging.getLogger("gzmorph")
 TTA_HELP = (f"test-time augmentation: average over N views, one of {', '.join(map(str, TTA_VIEWS))} (up to 8: the "
             f"square's symmetries; 16 and 32 add those of copies turned between quarter turns)")
 RUN_HELP = "a run folder, or 'pretrained' for the model inside gzmorph (the default)"
+SPREAD_HELP = "each answer's standard deviation over the --tta views (how sure the model is)"
 # Config fields whose flag is not simply --field-name.
 _SPECIAL_FLAGS = {"use_partial": "--no-partial", "model_options": "--option", "mask_questions": "--mask-question",
                   "columns": "--column"}
@@ -124,7 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate(args.run, args.data, args.split, limit=args.limit, batch_size=args.batch_size,
                       skip_bad=args.skip_bad, cache_dir=args.cache_dir, workers=args.workers,
-                      progress=not args.quiet, **_run_kwargs(args))
+                      progress=not args.quiet, spread=args.spread, **_run_kwargs(args))
     print(format_report(result))
     print(f"wrote {Path(result['run']) / ('eval-' + args.split + '.json')}")
     return 0
@@ -137,7 +139,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise BadArgument(f"predict takes [RUN] IMAGES, got {len(args.paths)} paths: {' '.join(args.paths)}")
     run, images = (None, args.paths[0]) if len(args.paths) == 1 else args.paths
     s = predict(run, images, args.output, batch_size=args.batch_size, workers=args.workers,
-                skip_bad=args.skip_bad, shard=args.shard, progress=not args.quiet, **_run_kwargs(args))
+                skip_bad=args.skip_bad, shard=args.shard, progress=not args.quiet, spread=args.spread,
+                **_run_kwargs(args))
     print(f"wrote {s.out}: {s.n_predicted} galaxies in {s.seconds:.1f} s ({s.images_per_second:.0f} img/s)"
           + (f"; skipped {len(s.skipped)} unreadable image(s), listed in {s.out}.json" if s.skipped else ""))
     return 0
@@ -146,9 +149,68 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .inference.shards import merge_shards
 
+    if all(str(p).endswith(".npy") for p in args.parts):  # the parts of `gzmorph embed --shard I/N`
+        from .inference.embed import merge_features
+
+        f = merge_features(args.parts, args.output if args.output != "submission.csv" else "features")
+        print(f"wrote {f.out} ({f.n} galaxies x {f.dim} features) from {len(args.parts)} shard(s)")
+        return 0
     s = merge_shards(args.parts, args.output)
     print(f"wrote {s.out}: {s.n_predicted} galaxies from {len(args.parts)} shard(s)"
           + (f"; {len(s.skipped)} image(s) were skipped, listed in {s.out}.json" if s.skipped else ""))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .inference.embed import embed
+
+    if len(args.paths) > 2:
+        raise BadArgument(f"embed takes [RUN] IMAGES, got {len(args.paths)} paths: {' '.join(args.paths)}")
+    run, images = (None, args.paths[0]) if len(args.paths) == 1 else args.paths
+    s = embed(run, images, args.output, which=args.weights, batch_size=args.batch_size, workers=args.workers,
+              device=args.device, precision=args.precision, skip_bad=args.skip_bad, shard=args.shard,
+              progress=not args.quiet)
+    print(f"wrote {s.out} ({s.n} galaxies x {s.dim} features, float16), its .csv and .npy.json in {s.seconds:.1f} s "
+          f"({s.images_per_second:.0f} img/s)"
+          + (f"; skipped {len(s.skipped)} unreadable image(s), listed in {s.out}.json" if s.skipped else ""))
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from .inference import similar as sim
+
+    features = sim.open_features(args.features)
+    if (args.query is None) == (args.odd is None):
+        raise BadArgument("similar needs --query ID|IMAGE (galaxies like it) or --odd N (the oddest galaxies)")
+    started = time.perf_counter()
+    index = sim.Index(features, True if args.exact else None)
+    built = time.perf_counter() - started
+    if args.odd is not None:
+        rows, distance = sim.oddest(features, args.odd, index=index)
+        print(f"the {len(rows)} galaxies farthest from their {sim.ODD_K} nearest neighbours, of {len(features)}")
+        print(f"{'rank':>4s}  {'GalaxyID':>10s}  {'distance':>8s}  most likely answers")
+        for k, (r, d) in enumerate(zip(rows, distance), start=1):
+            answers = "; ".join(sim.top_answers(features.answers[r])) if features.answers is not None else ""
+            print(f"{k:4d}  {features.ids[r]:>10s}  {d:8.4f}  {answers}")
+        return 0
+    started = time.perf_counter()
+    found = sim.similar(features, args.query, args.k, run=args.run, index=index)
+    seconds = time.perf_counter() - started
+    print(f"the {len(found.rows)} galaxies most like {args.query} of {len(features)} "
+          f"({'exact' if index.exact else 'approximate (HNSW)'} search: {seconds * 1000:.0f} ms; index "
+          f"{'built' if built > 0.5 else 'loaded'} in {built:.1f} s)")
+    print(f"{'rank':>4s}  {'GalaxyID':>10s}  {'cosine':>6s}  most likely answers")
+    for k, (r, s_) in enumerate(zip(found.rows, found.similarities), start=1):
+        answers = "; ".join(sim.top_answers(features.answers[r])) if features.answers is not None else ""
+        print(f"{k:4d}  {features.ids[r]:>10s}  {s_:6.3f}  {answers}")
+    if args.gallery:
+        query_image = None
+        if found.query_row is None:
+            from .data.images import Preprocess, decode
+
+            crop = features.meta["crop"]
+            query_image = decode(args.query, Preprocess(crop, min(256, crop)))
+        print(f"wrote {sim.draw(features, found, args.gallery, query_image, args.images)}")
     return 0
 
 
@@ -172,7 +234,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .inference.serve import serve
 
-    serve(args.run, host=args.host, port=args.port, **_run_kwargs(args))
+    serve(args.run, host=args.host, port=args.port, index=args.index, images=args.images, **_run_kwargs(args))
     return 0
 
 
@@ -210,7 +272,7 @@ def _quiet_flag(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-def _model_run_flags(sp: argparse.ArgumentParser, *, tta: int = 1, weights: bool = True) -> None:
+def _model_run_flags(sp: argparse.ArgumentParser, *, tta: int | None = 1, weights: bool = True) -> None:
     """The flags of every command that runs a trained model: which weights, where, in which precision, how many
     views."""
     if weights:
@@ -219,7 +281,8 @@ def _model_run_flags(sp: argparse.ArgumentParser, *, tta: int = 1, weights: bool
     sp.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="fp32, or bf16 autocast + channels-last; auto = bf16 where the hardware does it natively "
                          "(default: auto)")
-    sp.add_argument("--tta", type=int, default=tta, metavar="N", help=TTA_HELP + f" (default {tta})")
+    if tta is not None:
+        sp.add_argument("--tta", type=int, default=tta, metavar="N", help=TTA_HELP + f" (default {tta})")
 
 
 def _decode_flags(sp: argparse.ArgumentParser, *, cache: bool = True) -> None:
@@ -263,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True)
     e.add_argument("--split", default="test", choices=["train", "valid", "test"])
     e.add_argument("--limit", type=int)
+    e.add_argument("--spread", action="store_true", help=SPREAD_HELP + ", and score how well it ranks the errors")
     _model_run_flags(e)
     _decode_flags(e)
     e.set_defaults(func=cmd_evaluate)
@@ -275,13 +339,36 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--shard", metavar="I/N", help="predict only shard I of N (0-based) of the sorted image list; "
                     "combine the N CSVs with `gzmorph merge`. Under torchrun the shard is the process's rank and "
                     "rank 0 merges")
+    pr.add_argument("--spread", action="store_true", help=SPREAD_HELP + ", written to OUTPUT's stem + .spread.csv")
     _model_run_flags(pr)
     _decode_flags(pr, cache=False)
     pr.set_defaults(func=cmd_predict)
 
-    mg = sub.add_parser("merge", help="merge the CSVs of `predict --shard I/N` into one submission")
-    mg.add_argument("parts", nargs="+", help="the N shard CSVs (each with its .json beside it)")
-    mg.add_argument("-o", "--output", default="submission.csv")
+    mg = sub.add_parser("merge", help="merge the parts of `predict --shard I/N` (CSVs) or `embed --shard I/N` (.npy)")
+    mg.add_argument("parts", nargs="+", help="the N shard CSVs or .npy files (each with its .json beside it)")
+    mg.add_argument("-o", "--output", default="submission.csv", help="default: submission.csv, or features for .npy")
+
+    em = sub.add_parser("embed", help="a run's pooled features of every image, for similarity search")
+    em.add_argument("paths", nargs="+", metavar="[RUN] IMAGES",
+                    help="the run (default: the model inside gzmorph), then a folder of images, one image, or a .txt "
+                         "list of image paths")
+    em.add_argument("-o", "--output", default="features",
+                    help="writes OUTPUT.npy (float16 features), OUTPUT.csv (ids, files, answers), OUTPUT.npy.json")
+    em.add_argument("--shard", metavar="I/N", help="embed only shard I of N; join the parts with `gzmorph merge`")
+    _model_run_flags(em, tta=None)
+    _decode_flags(em, cache=False)
+    em.set_defaults(func=cmd_embed)
+
+    si = sub.add_parser("similar", help="the galaxies most like one (cosine of their features), or the oddest ones")
+    si.add_argument("features", help="the .npy written by `gzmorph embed`")
+    si.add_argument("--query", help="a GalaxyID of the features, or an image file (embedded by their run)")
+    si.add_argument("-k", type=int, default=12, help="neighbours (default 12)")
+    si.add_argument("--odd", type=int, metavar="N", help="list the N galaxies farthest from their neighbours")
+    si.add_argument("--run", help="the run to embed an image query with (default: the features' own run)")
+    si.add_argument("--gallery", metavar="PNG", help="also draw the query and its neighbours into this PNG")
+    si.add_argument("--images", help="where the images are now, if they moved since `embed`")
+    si.add_argument("--exact", action="store_true", help="exact search even for a large set")
+    si.set_defaults(func=cmd_similar)
     mg.set_defaults(func=cmd_merge)
 
     pl = sub.add_parser("plot", help="learning curves and per-question RMSE of a run, or a gallery of galaxies (PNG)")
@@ -300,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("run", nargs="?", default=None, help=RUN_HELP)
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    sv.add_argument("--index", metavar="FEATURES", help="features of this run (`gzmorph embed`): the page then "
+                    "shows the galaxies most like the dropped one")
+    sv.add_argument("--images", help="--index: where the indexed images are now, if they moved since `embed`")
     _model_run_flags(sv, tta=8)
     sv.set_defaults(func=cmd_serve)
 

@@ -78,8 +78,8 @@ DPI = 110
 
 
 def _grid_figure(panels: list[dict], title: str, legend: str):
-    """The gallery figure: a header (title, legend), then one cell per panel (``id``, ``rmse``, ``image``,
-    ``lines`` as [(text, agree)]) in a square-ish grid."""
+    """The gallery figure: a header (title, legend), then one cell per panel (``id``, ``rmse`` or a ``title``,
+    ``image``, ``lines`` as [(text, agree)]) in a square-ish grid."""
     plt = _pyplot()
     cols = math.ceil(math.sqrt(len(panels)))
     rows = math.ceil(len(panels) / cols)
@@ -103,14 +103,14 @@ def _grid_figure(panels: list[dict], title: str, legend: str):
         ax.imshow(panel["image"], interpolation="lanczos")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"{panel['id']}   RMSE {panel['rmse']:.3f}", fontsize=TITLE_PT, pad=3)
+        ax.set_title(panel.get("title") or f"{panel['id']}   RMSE {panel['rmse']:.3f}", fontsize=TITLE_PT, pad=3)
         for i, (text, agree) in enumerate(panel["lines"]):
             fig.text(image_left / width, (image_bottom - 0.04 - i * LINE_H) / height, text, ha="left", va="top",
                      fontsize=TEXT_PT, color="black" if agree else "firebrick")
     return fig
 
 
-def _plot_grid(panels: list[dict], title: str, legend: str, out: Path) -> Path:
+def plot_grid(panels: list[dict], title: str, legend: str, out: Path) -> Path:
     plt = _pyplot()
     fig = _grid_figure(panels, title, legend)
     try:
@@ -164,9 +164,9 @@ def plot_gallery(run: str | Path, data: str | Path, *, split: str = "valid", n: 
     worst = worst_galaxies(pred, cat.labels, cat.mask, n)
     all_rmse = rmse(pred, cat.labels, cat.mask)
     return [
-        _plot_grid(panels(sample), f"{who}: {len(sample)} random {split} galaxies of {len(cat)}, RMSE "
+        plot_grid(panels(sample), f"{who}: {len(sample)} random {split} galaxies of {len(cat)}, RMSE "
                    f"{rmse(pred[sample], cat.labels[sample], cat.mask[sample]):.4f} (all {len(cat)}: "
                    f"{all_rmse:.4f})", legend, out_dir / f"gallery_{split}.png"),
-        _plot_grid(panels(worst), f"{who}: the {len(worst)} worst-predicted of {len(cat)} {split} galaxies "
+        plot_grid(panels(worst), f"{who}: the {len(worst)} worst-predicted of {len(cat)} {split} galaxies "
                    f"(all {len(cat)}: RMSE {all_rmse:.4f})", legend, out_dir / f"gallery_{split}_worst.png"),
     ]

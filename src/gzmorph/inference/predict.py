@@ -9,6 +9,7 @@ rank 0 merges them.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from .. import runs
 from ..data.decoder import decode_chunks
 from ..data.images import Preprocess, image_stem, list_images
 from ..data.layout import ID_COLUMN, SUBMISSION_HEADER
-from ..errors import BadData, BadImage
+from ..errors import BadArgument, BadData, BadImage
 from ..fsio import atomic_write, atomic_write_json, check_output_file
 from ..training import distributed
 from ..version import __version__
@@ -54,6 +55,11 @@ def collect_inputs(source: str | Path) -> list[Path]:
             raise BadData(f"{source}: two files claim GalaxyID {gid}: {seen[gid]} and {p}; keep one of them")
         seen[gid] = p
     return paths
+
+
+def spread_path(out: Path) -> Path:
+    """Where ``predict --spread`` writes each answer's spread over the views: ``sub.csv`` -> ``sub.spread.csv``."""
+    return out.with_name(f"{out.stem}.spread{out.suffix or '.csv'}")
 
 
 def galaxy_id(path: Path) -> str:
@@ -113,22 +119,27 @@ class PredictionSummary:
 def predict(run: str | Path, images: str | Path, out: str | Path = "submission.csv", *, which: str = "best",
             batch_size: int = 256, workers: int | None = None, device: str = "auto", skip_bad: bool = False,
             tta: int = 1, shard: str | tuple[int, int] | None = None, precision: str = "auto",
-            progress: bool = True) -> PredictionSummary:
+            spread: bool = False, progress: bool = True) -> PredictionSummary:
     """Predict every image in ``images`` (folder, image or list file) with ``run``; write the Kaggle CSV ``out``.
 
     Unreadable images stop the job with the file named, or with ``skip_bad`` are left out, counted and listed in
     ``<out>.json`` beside the CSV (with the model file's SHA-256 and the gzmorph version). ``shard="I/N"`` predicts
     only the I-th of N slices of the image list (join the N CSVs with :func:`merge_shards`). Run by torchrun with
-    several processes and no ``shard``, each process predicts its rank's shard and rank 0 writes ``out``.
+    several processes and no ``shard``, each process predicts its rank's shard and rank 0 writes ``out``. With
+    ``spread`` (and ``tta`` > 1), each answer's spread over the views goes to ``<out stem>.spread.csv`` beside it,
+    the same columns, leaving the submission as Kaggle reads it.
     """
     out = check_output_file(out, "submission.csv")
     check_tta(tta)
+    if spread and tta < 2:
+        raise BadArgument("--spread is the spread over the TTA views: give --tta 8 (or 2, 4, 16, 32)")
+    spread_out = spread_path(out) if spread else None
     shard = parse_shard(shard)
     cluster = distributed.from_env()
     if shard is None and cluster.enabled:
         return _predict_with_torchrun(cluster, run, images, out, which=which, batch_size=batch_size,
                                       workers=workers, device=device, skip_bad=skip_bad, tta=tta, precision=precision,
-                                      progress=progress)
+                                      spread=spread, progress=progress)
     dev = distributed.pick_device(cluster, device)
     run = runs.run_folder(run)
     loaded = runs.load_model(run, which, dev, precision)
@@ -143,15 +154,28 @@ def predict(run: str | Path, images: str | Path, out: str | Path = "submission.c
                          listed_in=f"{out}.json", progress=progress, overlap=dev.type != "cpu")
     started = time.perf_counter()
 
+    def rows(ids: list[str], values: np.ndarray) -> str:
+        return "\n".join(i + "," + ",".join(f"{v:.6f}" for v in row) for i, row in zip(ids, values)) + "\n"
+
     def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            f.write(",".join(header) + "\n")
-            for good, pixels in stream:
-                pred = predict_answers(loaded, pixels, batch_size, tta)
-                f.write("\n".join(galaxy_id(p) + "," + ",".join(f"{v:.6f}" for v in row)
-                                  for p, row in zip(good, pred)) + "\n")
+        extra = open(f"{tmp}.spread", "w", newline="") if spread else None
+        try:
+            with open(tmp, "w", newline="") as f:
+                for target in filter(None, (f, extra)):
+                    target.write(",".join(header) + "\n")
+                for good, pixels in stream:
+                    ids = [galaxy_id(p) for p in good]
+                    answers = predict_answers(loaded, pixels, batch_size, tta, spread=spread)
+                    f.write(rows(ids, answers[0] if spread else answers))
+                    if extra:
+                        extra.write(rows(ids, answers[1]))
+        finally:
+            if extra:
+                extra.close()
         if stream.n_good == 0 and paths:  # raised inside the write, so an earlier submission at `out` is kept
             raise BadData(f"none of the {len(paths)} images could be read; nothing was predicted")
+        if spread:  # in place once the submission is complete; replaced with it by atomic_write just after
+            os.replace(f"{tmp}.spread", spread_out)
 
     if not paths:  # more shards than images: this shard is legitimately empty
         log.warning("shard %d/%d holds none of the %d images; writing a CSV with the header only", *shard,
@@ -160,12 +184,14 @@ def predict(run: str | Path, images: str | Path, out: str | Path = "submission.c
         atomic_write(out, write)
     except BadImage as e:  # an unreadable image without --skip-bad: the job stops, the old CSV is kept
         raise BadData(str(e)) from None
+    finally:
+        Path(f"{out.with_name(f'.{out.name}.tmp-{os.getpid()}')}.spread").unlink(missing_ok=True)
     skipped = stream.skipped
     summary = PredictionSummary(out, stream.n_good, skipped, time.perf_counter() - started, loaded.sha256)
     atomic_write_json(Path(f"{out}.json"), {
         "csv": str(out), "run": str(run), "weights": str(loaded.weights), "weights_sha256": loaded.sha256,
         "gzmorph_version": __version__, "torch_version": torch.__version__, "n_predicted": stream.n_good,
-        "tta": tta, "precision": loaded.policy.name, "runtime": loaded.policy.describe(),
+        "tta": tta, "spread_csv": str(spread_out) if spread else None, "precision": loaded.policy.name, "runtime": loaded.policy.describe(),
         "n_skipped": len(skipped), "skipped": [{"path": p, "why": w} for p, w in skipped],
         "seconds": summary.seconds, "shard": list(shard) if shard else None, "n_inputs": len(paths),
         "n_inputs_all_shards": len(all_paths), "inputs_sha256": inputs_digest(all_paths)})

@@ -71,9 +71,9 @@ def _png_data_url(im: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _upscaled(pixels: np.ndarray) -> Image.Image:
+def _upscaled(pixels: np.ndarray, side: int = PREVIEW_SIDE) -> Image.Image:
     """The model-input pixels enlarged by a whole factor (nearest: every pixel stays a visible square)."""
-    factor = max(1, PREVIEW_SIDE // max(pixels.shape[:2]))
+    factor = max(1, side // max(pixels.shape[:2]))
     im = Image.fromarray(np.ascontiguousarray(pixels))
     return im.resize((im.width * factor, im.height * factor), Image.Resampling.NEAREST)
 
@@ -97,7 +97,8 @@ class Predictor:
     """One loaded model and what the page needs from it."""
 
     def __init__(self, run: str | Path, which: str = "best", device: str = "auto", tta: int = 8,
-                 precision: str = "auto"):
+                 precision: str = "auto", index: str | Path | None = None, images: str | Path | None = None,
+                 k: int = 8):
         check_tta(tta)
         self.run = runs.run_folder(run)
         self.loaded = runs.load_model(self.run, which, pick_device(device), precision)
@@ -107,6 +108,13 @@ class Predictor:
         self.device = self.loaded.policy.device
         self.prep = self.loaded.prep
         self.tta = tta
+        self.neighbours = None
+        if index is not None:  # "galaxies like this one": the index's run must be this one
+            from .similar import Index, check_same_run, open_features
+
+            features = open_features(index)
+            check_same_run(features, self.loaded)
+            self.neighbours = (features, Index(features), images, k)
         self._lock = threading.Lock()
 
     def info(self) -> dict:
@@ -134,12 +142,36 @@ class Predictor:
                       "answers": [{"column": a.column, "text": a.text, "value": float(values[a.index]),
                                    "share": float(shares[a.index])} for a in q.answers]}
                      for q in tree.QUESTIONS]
+        similar = self._similar(pixels) if self.neighbours else None
         return {"file": name, "id": galaxy_id(Path(name)), "model": self.loaded.config.model,
+                **({"similar": similar, "index_size": len(self.neighbours[0])} if similar is not None else {}),
                 "weights_sha256": self.loaded.sha256, "tta": self.tta, "columns": list(tree.COLUMNS),
                 "values": [float(v) for v in values],
                 "path": [step.as_dict() for step in tree.most_likely_path(values)],
                 "questions": questions, "preview": _preview(data, pixels),
                 "input_preview": _png_data_url(_upscaled(pixels))}
+
+
+    def _similar(self, pixels: np.ndarray) -> list[dict]:
+        """The index's nearest galaxies to these pixels, with thumbnails of their images."""
+        from .similar import Neighbours, top_answers
+        from .tta import embed_array
+
+        features, index, images, k = self.neighbours
+        with self._lock:
+            vector = embed_array(self.loaded.model, pixels[None], 1, self.loaded.policy)[0]
+        sims, rows = index.search(vector, k)
+        found = Neighbours("upload", None, rows[0][rows[0] >= 0], sims[0][rows[0] >= 0])
+        out = []
+        for r, sim in zip(found.rows, found.similarities):
+            path = Path(features.files[r]) if images is None else Path(images) / Path(features.files[r]).name
+            try:
+                thumb = _png_data_url(_upscaled(decode(path, self.prep), 128))
+            except BadImage:
+                thumb = ""  # the neighbour's file has gone: listed without its picture
+            answer = "; ".join(top_answers(features.answers[r], 1)) if features.answers is not None else ""
+            out.append({"id": features.ids[r], "similarity": float(sim), "thumb": thumb, "answer": answer})
+        return out
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -247,13 +279,14 @@ class GzmorphServer(ThreadingHTTPServer):
 
 
 def make_server(run: str | Path, host: str = "127.0.0.1", port: int = 8000, which: str = "best",
-                device: str = "auto", tta: int = 8, precision: str = "auto") -> GzmorphServer:
+                device: str = "auto", tta: int = 8, precision: str = "auto", index: str | Path | None = None,
+                images: str | Path | None = None) -> GzmorphServer:
     """Load ``run``'s model and bind ``host:port`` (0 = a free port; the bound one is ``server.server_address[1]``).
     Nothing is served until ``serve_forever()``."""
     if not 0 <= port <= 65535:
         raise BadArgument(f"--port must be between 0 and 65535, got {port}")
     page = _page()
-    predictor = Predictor(run, which, device, tta, precision)
+    predictor = Predictor(run, which, device, tta, precision, index, images)
     try:
         return GzmorphServer((host, port), predictor, page)
     except socket.gaierror as e:
@@ -270,9 +303,10 @@ def make_server(run: str | Path, host: str = "127.0.0.1", port: int = 8000, whic
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, which: str = "best", device: str = "auto",
-          tta: int = 8, precision: str = "auto") -> None:
+          tta: int = 8, precision: str = "auto", index: str | Path | None = None,
+          images: str | Path | None = None) -> None:
     """Serve the page for ``run`` until Ctrl-C."""
-    server = make_server(run, host, port, which, device, tta, precision)
+    server = make_server(run, host, port, which, device, tta, precision, index, images)
     if threading.current_thread() is threading.main_thread():
         # `kill` (SIGTERM, what service managers send) stops it as cleanly as Ctrl-C does.
         signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -51,22 +51,53 @@ def tta_views(x: torch.Tensor, n: int) -> Iterator[torch.Tensor]:
 
 @torch.no_grad()
 def predict_array(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = 256, policy: Policy | None = None,
-                  tta: int = 1) -> np.ndarray:
-    """(N, S, S, 3) uint8 -> (N, 37) float32 predictions, in order, averaged over ``tta`` symmetric views.
+                  tta: int = 1, spread: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """(N, S, S, 3) uint8 -> (N, outputs) float32 predictions, in order, averaged over ``tta`` symmetric views;
+    with ``spread``, also each output's standard deviation over the views (how much the answer depends on the
+    view: a measure of how sure it is).
 
     ``policy`` says where and in which precision the model runs (default: fp32 on the CPU); the model must already
     be placed by it (``policy.place(model)``)."""
     policy = policy or Policy(torch.device("cpu"), "fp32")
     model.eval()
-    out = []
+    means, stds = [], []
+    for idx in batch_indices(len(pixels), batch_size):
+        x = to_input(pixels[idx], policy.device, policy.channels_last)
+        total, squares = 0.0, 0.0
+        with policy.autocast():
+            for v in tta_views(x, tta):
+                out = model(v).float()
+                total = total + out
+                if spread:
+                    squares = squares + out.double() ** 2
+        mean = total / tta
+        means.append(mean.cpu().numpy())
+        if spread:
+            var = (squares / tta - mean.double() ** 2).clamp_min(0)
+            stds.append(var.sqrt().float().cpu().numpy())
+    if not means:
+        empty = np.zeros((0, _n_outputs(model)), np.float32)
+        return (empty, empty.copy()) if spread else empty
+    return (np.concatenate(means), np.concatenate(stds)) if spread else np.concatenate(means)
+
+
+@torch.no_grad()
+def embed_array(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = 256,
+                policy: Policy | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N, S, S, 3) uint8 -> (pooled features (N, D), outputs (N, outputs)), float32, one forward pass each."""
+    policy = policy or Policy(torch.device("cpu"), "fp32")
+    model.eval()
+    feats, outs = [], []
     for idx in batch_indices(len(pixels), batch_size):
         x = to_input(pixels[idx], policy.device, policy.channels_last)
         with policy.autocast():
-            total = sum(model(v).float() for v in tta_views(x, tta))
-        out.append((total / tta).cpu().numpy())
-    if not out:
-        return np.zeros((0, _n_outputs(model)), np.float32)
-    return np.concatenate(out)
+            f = model.features(x)
+            o = model.head(f)
+        feats.append(f.float().cpu().numpy())
+        outs.append(o.float().cpu().numpy())
+    if not feats:
+        return np.zeros((0, model.feature_dim), np.float32), np.zeros((0, _n_outputs(model)), np.float32)
+    return np.concatenate(feats), np.concatenate(outs)
 
 
 def _n_outputs(model: torch.nn.Module) -> int:
@@ -74,15 +105,29 @@ def _n_outputs(model: torch.nn.Module) -> int:
     return head.linear.out_features if head is not None else 37
 
 
-def predict_answers(loaded, pixels: np.ndarray, batch_size: int = 256, tta: int = 1) -> np.ndarray:
+def predict_answers(loaded, pixels: np.ndarray, batch_size: int = 256, tta: int = 1,
+                    spread: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The answers of a loaded run (``runs.LoadedModel``) for uint8 images: its outputs under its precision policy,
     vote fractions and probabilities clipped to [0, 1] (the heads already give values in [0, 1]; the clip only
     guards the written numbers against rounding), a fine-tuned number column back in its own units. What predict,
-    evaluate, serve and the galleries all report."""
-    out = predict_array(loaded.model, pixels, batch_size, loaded.policy, tta=tta)
-    task = runs.task_of(loaded.config)
+    evaluate, serve and the galleries all report. With ``spread``, also each answer's spread over the views."""
+    out = predict_array(loaded.model, pixels, batch_size, loaded.policy, tta=tta, spread=spread)
+    out, sd = out if spread else (out, None)
+    out = finish_answers(loaded.config, out, sd)
+    return (out, sd) if spread else out
+
+
+def finish_answers(cfg, out: np.ndarray, spread: np.ndarray | None = None) -> np.ndarray:
+    """Raw model outputs -> the answers written: clipped to [0, 1], a fine-tuned number column (and its spread)
+    back in the column's units."""
+    task = runs.task_of(cfg)
     if task is None:
         return np.clip(out, 0.0, 1.0)
     for col, sl in zip(task.columns, task.slices()):  # a fine-tuned run: its columns in their own units
-        out[:, sl] = out[:, sl] * col.std + col.mean if col.kind == "number" else np.clip(out[:, sl], 0.0, 1.0)
+        if col.kind == "number":
+            out[:, sl] = out[:, sl] * col.std + col.mean
+            if spread is not None:
+                spread[:, sl] *= col.std
+        else:
+            out[:, sl] = np.clip(out[:, sl], 0.0, 1.0)
     return out
