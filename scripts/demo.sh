@@ -18,12 +18,18 @@ else
   [ -f "$DATA/splits.csv" ] || SPLIT=valid
 fi
 rm -rf "$RUN"
+mkdir -p "$RUN"
+TEST_IMAGES="$DATA/images_test_rev1"
+echo "== predict with the model inside gzmorph, before training anything"
+gzmorph predict "$TEST_IMAGES" -o "$RUN/pretrained.csv" --tta 8
+if [ -f "$DATA/splits.csv" ]; then  # real data: how it scores on the test split it never saw
+  gzmorph evaluate pretrained --data "$DATA" --split test --tta 8
+fi
 MODEL=${GZMORPH_DEMO_MODEL:-gznet}  # the default model; GZMORPH_DEMO_MODEL=seed-cnn for the report's CNN
 echo "== train $MODEL"
 gzmorph train --data "$DATA" --model "$MODEL" --out "$RUN" "${TRAIN_ARGS[@]}"
 echo "== evaluate on the $SPLIT split"
 gzmorph evaluate "$RUN" --data "$DATA" --split "$SPLIT" --tta 8
-TEST_IMAGES="$DATA/images_test_rev1"
 echo "== predict $TEST_IMAGES"
 gzmorph predict "$RUN" "$TEST_IMAGES" -o "$RUN/submission.csv" --tta 8
 echo "== plot"
@@ -36,5 +42,6 @@ echo "  metrics.csv, learning_curves.png                  per-epoch train/valid 
 echo "  eval-$SPLIT.json, rmse_per_question_$SPLIT.png     RMSE overall and per question vs the train mean"
 echo "  gallery_$SPLIT.png, gallery_${SPLIT}_worst.png      galaxies with true vs predicted answers; the worst ones"
 echo "  submission.csv (+ .json)                          Kaggle-format predictions for $TEST_IMAGES"
+echo "  pretrained.csv                                    the same images answered by the model inside gzmorph"
 echo
 echo "Next: gzmorph serve $RUN   (a web page: drop a galaxy image, read the decision tree's answers)"
