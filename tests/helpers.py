@@ -28,11 +28,7 @@ from PIL import Image
 
 from gzmorph import tree
 
-SOLUTIONS = "training_solutions_rev1.csv"
-PARTIAL = "training_solutions_partial.csv"
-SPLITS = "splits.csv"
-TRAIN_IMAGES = "images_training_rev1"
-TEST_IMAGES = "images_test_rev1"
+from gzmorph.data.layout import PARTIAL_SOLUTIONS as PARTIAL, SOLUTIONS, SPLITS, TEST_IMAGES, TRAIN_IMAGES  # noqa: E402
 
 # The columns a helper-made partial catalogue keeps: questions 1, 2, 6 and 7 (9 of the 37 columns).
 PARTIAL_QUESTIONS = (1, 2, 6, 7)

@@ -15,7 +15,6 @@ The task is saved in the run's ``config.json``, so a fine-tuned run rebuilds its
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,20 +100,9 @@ def _number(cell: str) -> float | None:
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    if not path.is_file():
-        raise BadData(f"{path}: label file not found")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise BadData(f"{path}: not a readable CSV file ({e})") from None
-    if not rows:
-        raise BadData(f"{path}: file is empty; expected a header line 'GalaxyID,<your column>,...'")
-    header = [h.strip() for h in rows[0]]
-    if "GalaxyID" not in header:
-        raise BadData(f"{path}: no 'GalaxyID' column in the header {header[:4]}")
-    if len(set(header)) != len(header):
-        raise BadData(f"{path}: column {next(h for h in header if header.count(h) > 1)!r} appears twice")
+    from .data.catalogue import read_table
+
+    header, rows = read_table(path, "label", "<your column>")
     body = [(line, r) for line, r in enumerate(rows[1:], start=2) if any(c.strip() for c in r)]
     for line, r in body:
         if len(r) != len(header):

@@ -71,6 +71,27 @@ def parse_id(text: str, where: str) -> int:
     return value
 
 
+def read_table(path: Path, what: str, example: str, id_hint: str = "") -> tuple[list[str], list[list[str]]]:
+    """(stripped header, rows) of a CSV that must have a ``GalaxyID`` column and no column twice: a catalogue or a
+    fine-tuning label file (``what``, with an ``example`` column for the messages)."""
+    if not path.is_file():
+        raise BadData(f"{path}: {what} file not found")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate a BOM from spreadsheet exports
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise BadData(f"{path}: not a readable CSV file ({e})") from None
+    if not rows:
+        raise BadData(f"{path}: file is empty; expected a header line '{ID_COLUMN},{example},...'")
+    header = [h.strip() for h in rows[0]]
+    if ID_COLUMN not in header:
+        raise BadData(f"{path}: no '{ID_COLUMN}' column in the header {header[:4]}...{id_hint}")
+    if len(set(header)) != len(header):
+        dup = next(h for h in header if header.count(h) > 1)
+        raise BadData(f"{path}: column {dup!r} appears twice in the header")
+    return header, rows
+
+
 def _parse_clean(body: list, width: int, id_pos: int, label_pos: list[int]
                  ) -> tuple[np.ndarray, np.ndarray] | None:
     """(ids, values) parsed by numpy in C when the whole file is clean, or None when anything is off, and the
@@ -98,22 +119,7 @@ def read_catalogue(path: str | Path, *, require_all: bool = False, check_tree: b
     answers do not sum to their parent's value within ``tolerance`` (see :data:`tree.DEFAULT_SUM_TOLERANCE`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise BadData(f"{path}: catalogue file not found")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate a BOM from spreadsheet exports
-            rows = list(csv.reader(f))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise BadData(f"{path}: not a readable CSV file ({e})") from None
-    if not rows:
-        raise BadData(f"{path}: file is empty; expected a header line 'GalaxyID,Class1.1,...'")
-    header = [h.strip() for h in rows[0]]
-    if ID_COLUMN not in header:
-        raise BadData(f"{path}: no '{ID_COLUMN}' column in the header {header[:4]}...; the first column of a "
-                           f"Kaggle catalogue is GalaxyID")
-    if len(set(header)) != len(header):
-        dup = next(h for h in header if header.count(h) > 1)
-        raise BadData(f"{path}: column {dup!r} appears twice in the header")
+    header, rows = read_table(path, "catalogue", "Class1.1", "; the first column of a Kaggle catalogue is GalaxyID")
     unknown = [h for h in header if h != ID_COLUMN and h not in tree.COLUMN_INDEX]
     if unknown:
         raise BadData(f"{path}: unknown column(s) {unknown[:5]}; label columns are Kaggle's "
