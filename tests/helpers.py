@@ -27,8 +27,7 @@ import torch
 from PIL import Image
 
 from gzmorph import tree
-
-from gzmorph.data.layout import PARTIAL_SOLUTIONS as PARTIAL, SOLUTIONS, SPLITS, TEST_IMAGES, TRAIN_IMAGES  # noqa: E402
+from gzmorph.data.layout import PARTIAL_SOLUTIONS as PARTIAL, SOLUTIONS, SPLITS, TEST_IMAGES, TRAIN_IMAGES
 
 # The columns a helper-made partial catalogue keeps: questions 1, 2, 6 and 7 (9 of the 37 columns).
 PARTIAL_QUESTIONS = (1, 2, 6, 7)
