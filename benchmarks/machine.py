@@ -1,4 +1,4 @@
-"""One line describing where a benchmark ran, stored in every results JSON."""
+"""One line describing where a benchmark ran, stored in every results JSON, and the tag in its file name."""
 
 from __future__ import annotations
 
@@ -6,6 +6,18 @@ import os
 import platform
 
 import torch
+
+from gzmorph.precision import cpu_flags
+
+# The vector extension that decides how fast a CPU runs these models, best first. The same "AMD EPYC" name covers
+# Zen 3 (AVX2 only: bf16 is emulated, slower than fp32) and Zen 4 (AVX-512 BF16: bf16 2-2.5x fp32), so results of
+# the two must not share a file.
+ISA_LEVELS = (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
+
+
+def cpu_isa() -> str:
+    flags = cpu_flags()
+    return next((tag for flag, tag in ISA_LEVELS if flag in flags), "generic")
 
 
 def describe_machine(device: str = "cpu") -> dict:
@@ -15,7 +27,7 @@ def describe_machine(device: str = "cpu") -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    info = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+    info = {"cpu": cpu, "cpu_isa": cpu_isa(), "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
             "python": platform.python_version(), "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
@@ -23,4 +35,7 @@ def describe_machine(device: str = "cpu") -> dict:
 
 
 def machine_tag(info: dict) -> str:
-    return info.get("gpu", f"cpu{info['cores']}").replace(" ", "-").lower()
+    """e.g. ``cpu2-avx512bf16``; results measured before the ISA was recorded (all on Zen 4) carry that tag."""
+    if "gpu" in info:
+        return info["gpu"].replace(" ", "-").lower()
+    return f"cpu{info['cores']}-{info.get('cpu_isa', 'avx512bf16')}"

@@ -312,10 +312,10 @@ def load_model(run: str | Path | None = None, which: str = "best", device: str |
     path = Path(which) if which not in ("best", "last") else run / (BEST if which == "best" else LAST)
     if which == "best" and not path.exists():
         path = run / LAST
-    policy = resolve(precision, device if isinstance(device, torch.device) else pick_device(device))
+    policy = resolve(precision, device if isinstance(device, torch.device) else pick_device(device), predict_only=True)
     model = build_model(cfg)
     load_weights(path, model, get_spec(cfg.model).legacy_head)
-    if policy.name == "bf16":  # bf16 rounds more than folding changes; an fp32 model stays exactly what was trained
+    if policy.fold_batchnorm:  # `--precision fp32` keeps the model exactly as it was trained
         model = fold_batchnorm(model.eval())
     policy.place(model).eval()
     return LoadedModel(model, cfg, path, file_sha256(path), policy)
