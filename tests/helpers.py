@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 
 from gzmorph import tree
-from gzmorph.data.layout import PARTIAL_SOLUTIONS as PARTIAL, SOLUTIONS, SPLITS, TEST_IMAGES, TRAIN_IMAGES
+from gzmorph.data.layout import (PARTIAL_SOLUTIONS as PARTIAL, SOLUTIONS, SPLITS, TEST_IMAGES, TRAIN_IMAGES,
+                                 KaggleLayout)
 
 # The columns a helper-made partial catalogue keeps: questions 1, 2, 6 and 7 (9 of the 37 columns).
 PARTIAL_QUESTIONS = (1, 2, 6, 7)
@@ -112,17 +113,11 @@ class KaggleFolder:
     splits: dict[int, str] = field(default_factory=dict)  # GalaxyID -> split, as written to splits.csv ({} if none)
     test_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
-    @property
-    def training_images(self) -> Path:
-        return self.root / TRAIN_IMAGES
-
-    @property
-    def test_images(self) -> Path:
-        return self.root / TEST_IMAGES
-
-    @property
-    def solutions(self) -> Path:
-        return self.root / SOLUTIONS
+    def __getattr__(self, name: str):
+        # The folder's paths (training_images, test_images, solutions, splits, ...) are gzmorph's own layout.
+        if name.startswith("_") or name in self.__dataclass_fields__:
+            raise AttributeError(name)
+        return getattr(KaggleLayout(self.root), name)
 
     def image(self, galaxy_id: int) -> Path:
         return self.training_images / f"{galaxy_id}.jpg"
