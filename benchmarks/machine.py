@@ -7,17 +7,7 @@ import platform
 
 import torch
 
-from gzmorph.precision import cpu_flags
-
-# The vector extension that decides how fast a CPU runs these models, best first. The same "AMD EPYC" name covers
-# Zen 3 (AVX2 only: bf16 is emulated, slower than fp32) and Zen 4 (AVX-512 BF16: bf16 2-2.5x fp32), so results of
-# the two must not share a file.
-ISA_LEVELS = (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
-
-
-def cpu_isa() -> str:
-    flags = cpu_flags()
-    return next((tag for flag, tag in ISA_LEVELS if flag in flags), "generic")
+from gzmorph.precision import cpu_kind
 
 
 def describe_machine(device: str = "cpu") -> dict:
@@ -27,7 +17,7 @@ def describe_machine(device: str = "cpu") -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    info = {"cpu": cpu, "cpu_isa": cpu_isa(), "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+    info = {"cpu": cpu, "cpu_isa": cpu_kind(), "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
             "python": platform.python_version(), "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()

@@ -40,7 +40,7 @@ from gzmorph.data.cache import decode_all  # noqa: E402
 from gzmorph.data.decoder import decode_chunks  # noqa: E402
 from gzmorph.data.images import Preprocess  # noqa: E402
 from gzmorph.models import create_model, get_spec, list_models  # noqa: E402
-from gzmorph.precision import Policy, native_bf16, pick_device  # noqa: E402
+from gzmorph.precision import Policy, native_bf16, pick_device, resolve  # noqa: E402
 from gzmorph.training.augment import augment_batch, get_augment  # noqa: E402
 from gzmorph.training.loss import masked_loss  # noqa: E402
 from machine import describe_machine, machine_tag  # noqa: E402
@@ -184,10 +184,10 @@ def bench_models(device: torch.device, models: list[str], default_model: str) ->
 
 def bench_compile(device: torch.device, model: str) -> dict:
     """A train step as `--precision auto` runs it (bf16 NHWC where native, else fp32 NCHW), eager vs compiled."""
-    precision = "bf16" if native_bf16(device) else "fp32"
-    eager = bench_model(model, device, precision, precision == "bf16")
-    compiled = bench_model(model, device, precision, precision == "bf16", compile_model=True)
-    return {"stage": "compile", "model": model, "precision": precision, "eager_img_per_s": eager["train_img_per_s"],
+    policy = resolve("auto", device)
+    eager = bench_model(model, device, policy.name, policy.channels_last)
+    compiled = bench_model(model, device, policy.name, policy.channels_last, compile_model=True)
+    return {"stage": "compile", "model": model, "precision": policy.name, "eager_img_per_s": eager["train_img_per_s"],
             "compiled_img_per_s": compiled["train_img_per_s"], "compile_seconds": compiled["first_step_seconds"],
             "speedup": compiled["train_img_per_s"] / eager["train_img_per_s"]}
 
@@ -349,7 +349,8 @@ def print_table(r: dict) -> None:
                   f"{row['infer_img_per_s'] / b['infer_img_per_s']:6.2f}x")
     if "compile" in r:
         c = r["compile"]
-        print(f"torch.compile ({c['model']}, {c.get('precision', 'bf16')} train step): {c['compile_seconds']:.0f} s to compile, then "
+        print(f"torch.compile ({c['model']}, {c.get('precision', 'bf16')} train step): {c['compile_seconds']:.0f} s to "
+              f"compile, then "
               f"{c['compiled_img_per_s']:.0f} img/s against eager {c['eager_img_per_s']:.0f} ({c['speedup']:.2f}x)")
     if "predict" in r:
         pr = r["predict"]

@@ -19,7 +19,7 @@ import gzmorph
 from gzmorph import runs
 from gzmorph.models import create_model, get_spec, list_models
 from gzmorph.models.net import legacy_key
-from gzmorph.precision import cpu_flags
+from gzmorph.precision import cpu_kind
 from helpers import make_fake_run, random_image, write_kaggle_folder
 
 # sha256 (first 16 hex digits) of the sorted "name:shape" lines of each model's state dict in gzmorph 0.1.
@@ -85,24 +85,17 @@ def _weights_digest(run) -> str:
 # Recorded on a Zen 4 EPYC (AVX-512 BF16) and on a Zen 3 EPYC (AVX2, no AVX-512), where 0.1 and this version
 # trained tensors equal to the last bit.
 TRAINED_0_1 = {
-    "avx512_bf16": {"gznet": "38524f719d49724d", "seed-cnn": "751d82217e9958e2"},
+    "avx512bf16": {"gznet": "38524f719d49724d", "seed-cnn": "751d82217e9958e2"},
     "avx2": {"gznet": "4cb215aee085c066", "seed-cnn": "0a0877909c07d90f"},
 }
 RECORDED_WITH = ("2.13.0+cpu", "13.0.0")
 
 
-def _cpu_kind() -> str | None:
-    flags = cpu_flags()
-    if "avx512_bf16" in flags:
-        return "avx512_bf16"
-    return "avx2" if "avx2" in flags and "avx512f" not in flags else None
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gznet", "seed-cnn"])
 def test_the_same_seed_trains_bitwise_the_weights_of_0_1(tmp_path, name):
-    kind = _cpu_kind()
-    if (torch.__version__, PIL.__version__) != RECORDED_WITH or kind is None:
+    kind = cpu_kind()
+    if (torch.__version__, PIL.__version__) != RECORDED_WITH or kind not in TRAINED_0_1:
         pytest.skip(f"recorded with torch {RECORDED_WITH[0]}, Pillow {RECORDED_WITH[1]} on {' and '.join(TRAINED_0_1)} "
                     f"CPUs")
     folder = write_kaggle_folder(tmp_path / "data", n=24, seed=3, partial_rows=6)

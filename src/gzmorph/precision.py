@@ -64,6 +64,17 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+# The vector extension that decides how fast (and, through oneDNN's kernel choice, how bitwise) a CPU runs these
+# models, best first. One "AMD EPYC" name covers Zen 3 (AVX2 only, bf16 emulated) and Zen 4 (AVX-512 BF16).
+CPU_KINDS = (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
+
+
+def cpu_kind() -> str:
+    """``amx``, ``avx512bf16``, ``avx512``, ``avx2`` or ``generic``: the best of :data:`CPU_KINDS` the CPU has."""
+    flags = cpu_flags()
+    return next((kind for flag, kind in CPU_KINDS if flag in flags), "generic")
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` does bf16 arithmetic in hardware (not emulated in fp32)."""
     if device.type == "cuda":

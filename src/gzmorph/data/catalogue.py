@@ -119,7 +119,8 @@ def read_catalogue(path: str | Path, *, require_all: bool = False, check_tree: b
     answers do not sum to their parent's value within ``tolerance`` (see :data:`tree.DEFAULT_SUM_TOLERANCE`).
     """
     path = Path(path)
-    header, rows = read_table(path, "catalogue", tree.COLUMNS[0], "; the first column of a Kaggle catalogue is GalaxyID")
+    header, rows = read_table(path, "catalogue", tree.COLUMNS[0],
+                              "; the first column of a Kaggle catalogue is GalaxyID")
     unknown = [h for h in header if h != ID_COLUMN and h not in tree.COLUMN_INDEX]
     if unknown:
         raise BadData(f"{path}: unknown column(s) {unknown[:5]}; label columns are Kaggle's "
