@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test,fast,onnx,fits,search]'
+	$(BIN)/python -m pip install --quiet -e '.[test,fast,onnx,fits,search,parquet]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(HERE))
 
 import gzmorph  # noqa: E402
 from gzmorph import runs, tree  # noqa: E402
+from gzmorph.models import resolve_recipe  # noqa: E402
 from gzmorph.errors import GzmorphError  # noqa: E402
 from gzmorph.precision import pick_device  # noqa: E402
 from machine import describe_machine, machine_tag  # noqa: E402
@@ -71,7 +72,7 @@ def run_row(name: str, args) -> dict:
     run = Path(args.runs) / name.replace("/", "__")
     cfg = gzmorph.TrainConfig(data=args.data, out=str(run), model=model, device=args.device, **overrides)
     finished = (run / runs.CHECKPOINT).exists() and \
-        (len(runs.read_metrics(run)) >= runs.read_config(run).resolved().epochs or _stopped_early(run))
+        (len(runs.read_metrics(run)) >= resolve_recipe(runs.read_config(run)).epochs or _stopped_early(run))
     wall = None
     if not finished:
         fresh = not (run / runs.CHECKPOINT).exists()

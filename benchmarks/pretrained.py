@@ -51,7 +51,7 @@ def main() -> None:
     seconds = train(args.data, run, not args.quiet)
     if args.stage == "train":
         return
-    from gzmorph.pretrained import package
+    from gzmorph.pretrained.package import package
 
     card = package(run, args.data, train_seconds=seconds, machine=describe_machine(),
                    command="python benchmarks/pretrained.py")

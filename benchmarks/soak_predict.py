@@ -44,11 +44,11 @@ def tree_rss_mib(pid: int) -> float:
 def make_run(tmp: Path, model: str, data: str) -> Path:
     from gzmorph import runs
     from gzmorph.config import TrainConfig
-    from gzmorph.models import create_model
+    from gzmorph.models import create_model, resolve_recipe
 
     run = tmp / "run"
     run.mkdir()
-    runs.write_config(run, TrainConfig(data=data, out=str(run), model=model).resolved())
+    runs.write_config(run, resolve_recipe(TrainConfig(data=data, out=str(run), model=model)))
     runs.save_weights(run / runs.BEST, create_model(model))
     return run
 

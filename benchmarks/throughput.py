@@ -39,7 +39,7 @@ from gzmorph.data.batches import to_input  # noqa: E402
 from gzmorph.data.cache import decode_all  # noqa: E402
 from gzmorph.data.decoder import decode_chunks  # noqa: E402
 from gzmorph.data.images import Preprocess  # noqa: E402
-from gzmorph.models import create_model, get_spec, list_models  # noqa: E402
+from gzmorph.models import create_model, get_spec, list_models, resolve_recipe  # noqa: E402
 from gzmorph.precision import Policy, native_bf16, pick_device, resolve  # noqa: E402
 from gzmorph.training.augment import augment_batch, get_augment  # noqa: E402
 from gzmorph.training.loss import masked_loss  # noqa: E402
@@ -58,9 +58,9 @@ from gzmorph.config import TrainConfig
 from gzmorph.data.labelled import load_labelled
 from gzmorph.data.images import Preprocess
 from gzmorph.data.batches import to_input
-from gzmorph.models import create_model, get_spec
+from gzmorph.models import create_model, get_spec, resolve_recipe
 data, model_name = sys.argv[1], sys.argv[2]
-cfg = TrainConfig(data=data, model=model_name).resolved()
+cfg = resolve_recipe(TrainConfig(data=data, model=model_name))
 spec = get_spec(model_name)
 sets = load_labelled(data, Preprocess(spec.crop, spec.size), ("train", "valid"), progress=False)
 model = create_model(model_name)
@@ -107,7 +107,7 @@ def bench_model(model_name: str, device: torch.device, precision: str, channels_
                 compile_model: bool = False) -> dict:
     """Train steps (augmentation, forward, masked loss, backward, AdamW) and inference forward passes of one model
     under one precision and layout, on random pixels of the model's input size."""
-    cfg = TrainConfig(data="", model=model_name).resolved()
+    cfg = resolve_recipe(TrainConfig(data="", model=model_name))
     spec = get_spec(model_name)
     policy = Policy(device, precision)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -197,7 +197,7 @@ def _fake_run(model: str, folder: Path) -> Path:
     from gzmorph import runs
 
     folder.mkdir(parents=True, exist_ok=True)
-    runs.write_config(folder, TrainConfig(data="", out=str(folder), model=model).resolved())
+    runs.write_config(folder, resolve_recipe(TrainConfig(data="", out=str(folder), model=model)))
     runs.save_weights(folder / runs.BEST, create_model(model))
     runs.write_train_mean(folder, np.zeros(37, np.float32))
     return folder
@@ -211,7 +211,7 @@ from gzmorph.models import create_model
 model, folder = sys.argv[1], sys.argv[2]
 import pathlib, numpy as np
 folder = pathlib.Path(folder); folder.mkdir()
-runs.write_config(folder, TrainConfig(data="", out=str(folder), model=model).resolved())
+runs.write_config(folder, TrainConfig(data="", out=str(folder), model=model).resolved())  # 0.1's API
 runs.save_weights(folder / runs.BEST, create_model(model))
 runs.write_train_mean(folder, np.zeros(37, np.float32))
 """

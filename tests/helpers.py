@@ -180,11 +180,11 @@ def make_fake_run(run: str | Path, model: str = "seed-cnn", *, data: str = "", s
     """
     from gzmorph import runs
     from gzmorph.config import TrainConfig
-    from gzmorph.models import create_model
+    from gzmorph.models import create_model, resolve_recipe
 
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
-    cfg = TrainConfig(data=data, out=str(run), model=model, seed=seed).resolved()
+    cfg = resolve_recipe(TrainConfig(data=data, out=str(run), model=model, seed=seed))
     torch.manual_seed(seed)
     net = create_model(cfg.model, head=cfg.head, **cfg.model_options)
     runs.write_config(run, cfg)

@@ -6,11 +6,13 @@ Every case here fails before any training starts, so the whole file takes second
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from gzmorph import tree
+from gzmorph.cli import main
 
 from helpers import cli_fails as fails, make_fake_run, tree_labels, write_catalogue, write_image
 
@@ -196,9 +198,16 @@ def test_evaluate_test_split_without_splits_csv(tmp_path, capsys, data, fake_run
 # predict
 # ------------------------------------------------------------------------------------------------------------------
 
-def test_predict_into_missing_output_folder(tmp_path, capsys, fake_run, data):
-    fails(capsys, ["predict", fake_run, data.training_images, "-o", tmp_path / "no" / "such" / "sub.csv", "-q",
-                   "--workers", 1], str(tmp_path / "no" / "such"), "does not exist")
+def test_predict_into_missing_output_folder_makes_it(tmp_path, capsys, fake_run, data):
+    out = tmp_path / "no" / "such" / "sub.csv"
+    assert main(["predict", str(fake_run), str(data.training_images), "-o", str(out), "-q", "--workers", "1"]) == 0
+    assert out.is_file() and Path(f"{out}.json").is_file()
+
+
+def test_predict_under_a_file_is_one_line(tmp_path, capsys, fake_run, data):
+    (tmp_path / "file").write_text("")
+    fails(capsys, ["predict", fake_run, data.training_images, "-o", tmp_path / "file" / "sub.csv", "-q",
+                   "--workers", 1], str(tmp_path / "file"), "is not a folder")
 
 
 def test_predict_on_an_empty_folder(tmp_path, capsys, fake_run):

@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -83,6 +84,36 @@ def call(url: str, body: bytes | None = None, name: str | None = None, method: s
 def upload(base: str, path: Path) -> tuple[int, dict]:
     status, payload, _ = call(f"{base}/api/predict", path.read_bytes(), path.name)
     return status, payload
+
+
+def post(port: int, body: bytes, headers: dict[str, str], timeout: float = 60) -> tuple[int, dict, dict]:
+    """(status, headers, JSON) of one POST /api/predict over its own connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", "/api/predict", body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def multipart(fields: list[tuple[str, str | None, bytes]], boundary: str = "gzmorph-b0undary") -> tuple[bytes, str]:
+    """A multipart/form-data body of (field name, file name or None, content) as browsers and curl -F send it,
+    and its Content-Type."""
+    out = b""
+    for field, filename, content in fields:
+        disposition = f'form-data; name="{field}"' + (f'; filename="{filename}"' if filename is not None else "")
+        out += (f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
+                f"Content-Type: {'application/octet-stream' if filename else 'text/plain'}\r\n\r\n").encode()
+        out += content + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def wait_until(condition, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not true after {seconds} s"
+        time.sleep(0.01)
 
 
 def expected_values(run: Path, path: Path, tta: int) -> np.ndarray:
@@ -186,6 +217,30 @@ def test_unreadable_upload_is_a_400_with_the_reason(served, body, why):
     assert result["error"].startswith("broken.jpg: ") and why in result["error"]
 
 
+def test_a_decompression_bomb_is_a_400(served, tmp_path):
+    """A 144-megapixel PNG of a few kilobytes: refused from its header, before its pixels are decoded."""
+    _, base = served
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (12_000, 12_000)).save(bomb)
+    assert bomb.stat().st_size < 100_000
+    status, result = upload(base, bomb)
+    assert status == 400 and result["error"].startswith("bomb.png: image too large")
+
+
+@pytest.mark.parametrize("how", ["raw", "form"])
+def test_an_uploaded_name_never_reaches_a_path(served, tmp_path, how):
+    """Only the name's last part is used, whether it came in X-Filename or in the form."""
+    server, base = served
+    data = write_image(tmp_path / "x.jpg", seed=9).read_bytes()
+    sneaky = "../../../tmp/../587722.jpg"
+    if how == "raw":
+        status, result, _ = call(f"{base}/api/predict", data, sneaky, method="POST")
+    else:
+        body, kind = multipart([("file", sneaky, data)])
+        status, _, result = post(server.server_address[1], body, {"Content-Type": kind})
+    assert status == 200 and result["file"] == "587722.jpg" and result["id"] == "587722"
+
+
 def test_truncated_jpeg_is_a_400(served, tmp_path):
     _, base = served
     data = write_image(tmp_path / "whole.jpg").read_bytes()
@@ -193,16 +248,21 @@ def test_truncated_jpeg_is_a_400(served, tmp_path):
     assert status == 400 and result["error"].startswith("cut.jpg: ")
 
 
-def test_too_large_upload_is_refused_before_reading_it(served):
+@pytest.mark.parametrize("declared", [MAX_UPLOAD_BYTES + 1, 10 * 2**30])
+@pytest.mark.parametrize("sent", [0, 2 * 2**20])
+def test_too_large_upload_is_refused_before_reading_it(served, declared, sent):
+    """Refused from the header alone; a client already sending its body reads the 413, not a reset."""
     server, _ = served
     conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
     conn.putrequest("POST", "/api/predict")
     conn.putheader("X-Filename", "huge.jpg")
-    conn.putheader("Content-Length", str(MAX_UPLOAD_BYTES + 1))
-    conn.endheaders()  # no body is sent: the server answers from the header alone
+    conn.putheader("Content-Length", str(declared))
+    conn.endheaders()
+    conn.send(b"\0" * sent)  # the start of a body the server does not want: closing on it unread resets
     response = conn.getresponse()
     assert response.status == 413
-    assert "huge.jpg: " in json.loads(response.read())["error"]
+    assert response.getheader("Connection") == "close"
+    assert json.loads(response.read())["error"].startswith(f"huge.jpg: {declared / 2**20:.1f} MB is more than")
     conn.close()
 
 
@@ -246,6 +306,174 @@ def test_concurrent_uploads_each_get_their_own_answer(served, fake_run, tmp_path
         np.testing.assert_allclose(results[i]["values"], expected_values(fake_run, path, 8), atol=1e-6)
 
 
+def test_a_multipart_upload_gets_the_same_answer_as_a_raw_body(served, fake_run, tmp_path):
+    server, base = served
+    path = write_image(tmp_path / "587722.jpg", seed=21)
+    raw_status, raw = upload(base, path)
+    # A UTF-8 file name travels raw in the form, as browsers send it; a text field before the file is ignored.
+    body, kind = multipart([("note", None, b"from a script"), ("file", "galaxie été.jpg", path.read_bytes())])
+    req = urllib.request.Request(f"{base}/api/predict", data=body, headers={"Content-Type": kind})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        status, form = r.status, json.loads(r.read())
+    assert raw_status == status == 200
+    assert form["values"] == raw["values"] and form["path"] == raw["path"]
+    assert form["file"] == "galaxie été.jpg" and form["id"] == "galaxie été"
+    check_prediction(raw, fake_run, path, tta=8)
+
+
+@pytest.mark.parametrize("fields, boundary, why", [
+    ([("note", None, b"no file here")], "b0undary", "send one image in the form field 'file' (this form has 'note')"),
+    ([("a", "a.jpg", b"x"), ("b", "b.jpg", b"y")], "b0undary", "send one image in the form field 'file'"),
+    ([("file", "x.jpg", b"\xff\xd8 not a JPEG")], "b0undary", "x.jpg: not an image Pillow can read"),
+    (None, "b0undary", "incomplete"),
+    (None, None, "needs its boundary="),
+])
+def test_a_bad_multipart_upload_is_a_400_with_the_reason(served, tmp_path, fields, boundary, why):
+    server, _ = served
+    if fields is None:  # a form cut off in the middle of its file
+        body, kind = multipart([("file", "cut.jpg", write_image(tmp_path / "cut.jpg").read_bytes())], "b0undary")
+        body = body[: len(body) // 2]
+    else:
+        body, kind = multipart(fields, "b0undary")
+    if boundary is None:
+        kind = "multipart/form-data"
+    status, _, result = post(server.server_address[1], body, {"Content-Type": kind})
+    assert status == 400 and why in result["error"], result
+
+
+def test_64_concurrent_uploads_are_all_answered(served, fake_run, tmp_path):
+    """64 clients connecting at the same instant: each gets 200 or 503 with Retry-After, none a reset (the standard
+    library's listen backlog of 5 reset a third of them)."""
+    server, _ = served
+    assert server.request_queue_size >= 64
+    data = write_image(tmp_path / "587722.jpg", seed=3).read_bytes()
+    clients = 64
+    start = threading.Barrier(clients)
+    answers: list = [None] * clients
+
+    def one(i: int) -> None:
+        start.wait(timeout=30)
+        try:
+            answers[i] = post(server.server_address[1], data, {"X-Filename": "587722.jpg"})
+        except OSError as e:  # a reset, a refused connection or a timeout: what must not happen
+            answers[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    failed = [a for a in answers if not isinstance(a, tuple)]
+    assert not failed, failed
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 1, statuses
+    for status, headers, payload in answers:
+        if status == 503:
+            assert int(headers["Retry-After"]) >= 1 and "the server is busy" in payload["error"]
+        else:
+            assert payload["values"] == answers[statuses.index(200)][2]["values"]
+
+
+def test_an_upload_past_the_queue_limit_is_503_at_once(fake_run, tmp_path):
+    """With the one admission slot held by an upload whose forward pass is stalled, the next gets 503 and
+    Retry-After at once (its 1 MB body unread, yet no reset); the slot, once free, admits again."""
+    image = write_image(tmp_path / "587722.jpg", seed=4)
+    with running(fake_run, tta=1, queue_limit=1) as (server, base):
+        queue = server.predictor.queue
+        forward, release = queue.forward, threading.Event()
+
+        def stalled(pixels):
+            assert release.wait(30)
+            return forward(pixels)
+
+        queue.forward = stalled
+        first: dict = {}
+        holder = threading.Thread(target=lambda: first.update(answer=upload(base, image)))
+        holder.start()
+        wait_until(lambda: queue.admitted == 1 and queue.waiting() == 0)  # admitted and in the (stalled) model
+        body = image.read_bytes() + b"\0" * 2**20
+        status, headers, result = post(server.server_address[1], body, {"X-Filename": "second.jpg"}, timeout=5)
+        assert status == 503 and int(headers["Retry-After"]) >= 1
+        assert result["error"].startswith("second.jpg: the server is busy (1 uploads are being answered)")
+        release.set()
+        holder.join(30)
+        assert first["answer"][0] == 200
+        assert upload(base, image)[0] == 200
+        assert server.predictor.info()["queue_limit"] == 1
+
+
+def test_waiting_uploads_run_as_one_batch(fake_run, tmp_path):
+    """Uploads that arrive while the model is busy go through it together, each answered with its own row."""
+    paths = [write_image(tmp_path / f"{i}.jpg", seed=30 + i) for i in range(5)]
+    with running(fake_run, tta=2) as (server, base):
+        queue = server.predictor.queue
+        forward, batches = queue.forward, []
+        queue.forward = lambda pixels: (batches.append(len(pixels)), forward(pixels))[1]
+        results: dict = {}
+        with queue.model_lock:  # the model is busy: every upload queues behind it
+            threads = [threading.Thread(target=lambda i=i: results.update({i: upload(base, paths[i])}))
+                       for i in range(len(paths))]
+            for t in threads:
+                t.start()
+            wait_until(lambda: queue.waiting() == len(paths))
+        for t in threads:
+            t.join(30)
+        assert batches == [len(paths)]
+        for i, path in enumerate(paths):
+            assert results[i][0] == 200
+            np.testing.assert_allclose(results[i][1]["values"], expected_values(fake_run, path, 2), atol=1e-6)
+
+
+def dribble(sock: socket.socket, payload: bytes, seconds: float) -> tuple[float, bytes]:
+    """Send ``payload`` a byte every 0.1 s, over and over, until the server closes the connection or ``seconds``
+    pass; returns (seconds it took, what the server answered)."""
+    sock.settimeout(0.1)
+    started, answer = time.monotonic(), b""
+    for i in range(int(seconds / 0.1)):
+        try:
+            sock.sendall(payload[i % len(payload):][:1])
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue  # nothing from the server yet
+        except OSError:  # closed
+            break
+        if not chunk:
+            break
+        answer += chunk
+    return time.monotonic() - started, answer
+
+
+def test_a_slow_client_is_cut_off_without_blocking_others(fake_run, tmp_path):
+    """Slowloris: a client sending its headers a byte at a time, never silent for long, is dropped once its request
+    is overdue; one dribbling its body gets 408; an ordinary upload meanwhile is answered at once."""
+    image = write_image(tmp_path / "587722.jpg", seed=6)
+    with running(fake_run, tta=1) as (server, base):
+        server.request_seconds = 1.5
+        port = server.server_address[1]
+        body_head = b"POST /api/predict HTTP/1.1\r\nX-Filename: slow.jpg\r\nContent-Length: 99999\r\n\r\n"
+        slow = {"headers": (b"POST /api/predict HTTP/1.1\r\n" + b"X-Pad: a\r\n" * 100, b""), "body": (b"x", body_head)}
+        outcome: dict[str, tuple[float, bytes]] = {}
+
+        def client(kind: str) -> None:
+            payload, first = slow[kind]
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(first)
+                outcome[kind] = dribble(sock, payload, seconds=8)
+
+        threads = [threading.Thread(target=client, args=(kind,)) for kind in slow]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)  # both slow clients connected and dribbling
+        status, _ = upload(base, image)
+        assert status == 200 and not outcome  # answered while both were still connected
+        for t in threads:
+            t.join(15)
+        assert all(seconds < 5 for seconds, _ in outcome.values()), outcome  # 1.5 s deadline, not 8 s of dribble
+        assert outcome["headers"][1] == b""  # no request line and headers in time: dropped without an answer
+        assert outcome["body"][1].startswith(b"HTTP/1.0 408 "), outcome["body"]
+        assert b"slow.jpg: the upload did not arrive within 1.5 s" in outcome["body"][1]
+
+
 def test_port_in_use_is_one_line(fake_run, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -268,6 +496,21 @@ def test_serve_prints_the_url_and_stops_on_ctrl_c(fake_run, monkeypatch, capsys)
     serve_module.serve(fake_run, port=0, device="cpu", tta=2)
     out = capsys.readouterr().out
     assert f"serving {fake_run} (gznet) at http://127.0.0.1:" in out and "Ctrl-C to stop" in out
+
+
+def test_serve_on_the_packaged_model_names_it(monkeypatch, capsys):
+    """`gzmorph serve` with no run serves the model inside gzmorph and says so (it printed 'serving None')."""
+    from gzmorph import pretrained
+
+    def interrupted(self, poll_interval=0.5):
+        assert self.predictor.info()["run"] == pretrained.NAME
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serve_module.GzmorphServer, "serve_forever", interrupted)
+    serve_module.serve(None, port=0, device="cpu", tta=1)
+    out = capsys.readouterr().out
+    assert f"serving the packaged model {pretrained.NAME} (gznet) at http://127.0.0.1:" in out
+    assert "None" not in out
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -399,6 +642,25 @@ def test_page_end_to_end_in_headless_chromium(chromium, trained_run, real_data, 
         assert driver.find_element(By.ID, "error").text == refused["error"]
         assert refused["error"].startswith("corrupt.jpg: ")
         assert not driver.find_element(By.ID, "results").is_displayed()
+
+
+def test_the_page_waits_out_a_busy_server_in_headless_chromium(chromium, fake_run, tmp_path):
+    """A 503 with Retry-After: the page says the server is busy, waits as asked and tries again, then shows the
+    answers."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chromium
+    image = write_image(tmp_path / "587722.jpg", seed=8)
+    with running(fake_run, tta=1, queue_limit=1) as (server, base), contextlib.ExitStack() as held:
+        driver.get(f"{base}/")
+        held.enter_context(server.predictor.queue.admit())  # the one slot taken: the page's upload gets 503
+        driver.find_element(By.ID, "file").send_keys(str(image.resolve()))
+        WebDriverWait(driver, 30).until(lambda d: "the server is busy" in d.find_element(By.ID, "status").text)
+        assert driver.find_element(By.ID, "status").text.startswith(f"the server is busy: trying {image.name} again")
+        held.close()  # the slot is free again: the next try is answered
+        assert _wait_for_status(driver, "done", "error") == "done", driver.find_element(By.ID, "error").text
+        assert driver.find_element(By.ID, "results").is_displayed()
 
 
 @pytest.mark.slow

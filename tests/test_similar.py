@@ -98,6 +98,13 @@ def test_the_oddest_galaxies_are_listed(setup, capsys):
     assert set(rows) == set(np.argsort(-want)[:4])
 
 
+def test_the_oddest_galaxies_are_drawn_when_asked(setup, capsys, tmp_path):
+    folder, run, out = setup
+    assert gz(["similar", f"{out}.npy", "--odd", 3, "--gallery", tmp_path / "odd.png"]) == 0
+    assert f"wrote {tmp_path / 'odd.png'}" in capsys.readouterr().out
+    assert (tmp_path / "odd.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_the_approximate_index_finds_the_twin_too(setup, monkeypatch):
     folder, run, out = setup
     monkeypatch.setattr(sim, "EXACT_LIMIT", 10)

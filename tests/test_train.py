@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 import gzmorph
 from gzmorph import runs, tree
+from gzmorph.models import resolve_recipe
 from gzmorph.cli import main
 from gzmorph.errors import GzmorphError
 
@@ -129,12 +130,12 @@ def test_api_names_stay_functions_after_every_module_is_imported():
 def test_cosine_schedule_warms_up_then_decays_to_zero():
     from gzmorph.training.schedule import learning_rate
 
-    cfg = gzmorph.TrainConfig(data="", model="gznet", epochs=4, lr=0.01, schedule="cosine", warmup_epochs=1).resolved()
+    cfg = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet", epochs=4, lr=0.01, schedule="cosine", warmup_epochs=1))
     lrs = [learning_rate(cfg, step, 10) for step in range(40)]
     assert lrs[0] == pytest.approx(0.001) and lrs[9] == pytest.approx(0.01)  # linear warm-up over epoch 1
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # then never rises
     assert lrs[-1] < 0.0002
-    constant = gzmorph.TrainConfig(data="", model="seed-cnn", lr=0.003).resolved()
+    constant = resolve_recipe(gzmorph.TrainConfig(data="", model="seed-cnn", lr=0.003))
     assert {learning_rate(constant, s, 10) for s in range(100)} == {0.003}
 
 

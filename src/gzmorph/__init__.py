@@ -6,6 +6,9 @@
     gzmorph.predict(run, "data/galaxy-zoo/images_test_rev1", "submission.csv")
     gzmorph.plot(run)
 
+    model = gzmorph.load_model()                    # the model inside gzmorph, for notebooks:
+    table = model.predict("galaxies/", tta=8)       # a pandas DataFrame, one row per galaxy, named columns
+
 The code follows the data: ``data/`` (files in -> arrays), ``models/``, ``training/`` (arrays -> a trained run),
 ``inference/`` (a run -> answers); the README's "Code map" says what lives where.
 """
@@ -24,7 +27,8 @@ _API = {
     "evaluate": ("gzmorph.inference.evaluate", "evaluate"),
     "predict": ("gzmorph.inference.predict", "predict"),
     "plot": ("gzmorph.inference.plots", "plot_run"),
-    "load_model": ("gzmorph.runs", "load_model"),
+    "load_model": ("gzmorph.inference.galaxy_model", "load_model"),
+    "GalaxyModel": ("gzmorph.inference.galaxy_model", "GalaxyModel"),
     "synth": ("gzmorph.data.synth", "make_synthetic"),
 }
 

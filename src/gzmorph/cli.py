@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import PRECISIONS, TTA_VIEWS, TrainConfig
+from .config import PRECISIONS, RECIPE, TTA_VIEWS, TrainConfig
 from .errors import BadArgument, GzmorphError
 
 log = logging.getLogger("gzmorph")
@@ -27,20 +27,31 @@ log = logging.getLogger("gzmorph")
 TTA_HELP = (f"test-time augmentation: average over N views, one of {', '.join(map(str, TTA_VIEWS))} (up to 8: the "
             f"square's symmetries; 16 and 32 add those of copies turned between quarter turns)")
 RUN_HELP = "a run folder, or 'pretrained' for the model inside gzmorph (the default)"
+INPUTS_HELP = ("the run (default: the model inside gzmorph), then a folder of images, one image, a .txt list of image "
+               "paths, or a catalogue .csv (with --id-column, and --path-column or --images) whose other columns are "
+               "kept in the output")
 SPREAD_HELP = "each answer's standard deviation over the --tta views (how sure the model is)"
 # Config fields whose flag is not simply --field-name.
 _SPECIAL_FLAGS = {"use_partial": "--no-partial", "model_options": "--option", "mask_questions": "--mask-question",
                   "columns": "--column"}
 _NOT_FLAGS = ("task",)  # set by gzmorph itself
+# What some fields mean when fine-tuning, where the recipe is config.FINETUNE_RECIPE and the split a split column.
+_FINETUNE_HELP = {"loss": "the loss of fraction columns: mse or bce (class columns: cross-entropy; numbers: mse)",
+                  "valid_fraction": "the share of the labelled galaxies held out for validation (drawn with --seed), "
+                                    "used only when the label file has no split column",
+                  "patience": "stop after this many epochs without a better valid score (default: never)"}
 
 
-def _config_flags(sp: argparse.ArgumentParser) -> None:
+def _config_flags(sp: argparse.ArgumentParser, *, finetune: bool = False) -> None:
     """One flag per TrainConfig field, with its help, type and choices. Every default is None ("not given"), so
-    the config's own default or the model's recipe applies; see :func:`_config_from_args`."""
+    the config's own default or the model's recipe applies; see :func:`_config_from_args`. With ``finetune``, only
+    the fields that mean something when fine-tuning (not those marked ``train_only``)."""
     for f in dataclasses.fields(TrainConfig):
-        if f.name in _NOT_FLAGS:
+        if f.name in _NOT_FLAGS or (finetune and f.metadata.get("train_only")):
             continue
         help_text, choices = f.metadata.get("help", ""), f.metadata.get("choices")
+        if finetune:
+            help_text = _FINETUNE_HELP.get(f.name, help_text.replace(RECIPE, "; default: the fine-tuning recipe"))
         flag = _SPECIAL_FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
         if f.name == "use_partial":
             sp.add_argument(flag, dest=f.name, action="store_false", default=None,
@@ -122,27 +133,70 @@ def _run_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .inference.evaluate import evaluate, format_report
+    from .inference.evaluate import evaluate, evaluate_labels, format_report
 
-    result = evaluate(args.run, args.data, args.split, limit=args.limit, batch_size=args.batch_size,
-                      skip_bad=args.skip_bad, cache_dir=args.cache_dir, workers=args.workers,
-                      progress=not args.quiet, spread=args.spread, **_run_kwargs(args))
+    if args.labels or args.images:
+        if not (args.labels and args.images) or args.data:
+            raise BadArgument("evaluate a fine-tuned run with --labels FILE.csv (GalaxyID + its columns) and --images "
+                              "DIR (their images), without --data")
+        if args.spread or args.limit is not None or args.split != "test":
+            raise BadArgument("--spread, --limit and --split go with --data (the 37 Galaxy Zoo answers); with "
+                              "--labels every row of the file is scored")
+        result = evaluate_labels(args.run, args.labels, args.images, batch_size=args.batch_size,
+                                 skip_bad=args.skip_bad, cache_dir=args.cache_dir, workers=args.workers,
+                                 progress=not args.quiet, out_dir=args.out, **_run_kwargs(args))
+    else:
+        if not args.data:
+            from . import runs
+            from .inference.evaluate import _needs_labels
+
+            cfg = runs.read_config(args.run)
+            if cfg.task:
+                raise BadArgument(_needs_labels(args.run, cfg))
+            raise BadArgument("evaluate needs --data DIR (a Kaggle-layout folder); a fine-tuned run takes --labels "
+                              "FILE.csv --images DIR instead")
+        result = evaluate(args.run, args.data, args.split, limit=args.limit, batch_size=args.batch_size,
+                          skip_bad=args.skip_bad, cache_dir=args.cache_dir, workers=args.workers,
+                          progress=not args.quiet, spread=args.spread, out_dir=args.out, **_run_kwargs(args))
     print(format_report(result))
-    print(f"wrote {Path(result['run']) / ('eval-' + args.split + '.json')}")
+    print(f"wrote {result['written']}")
     return 0
+
+
+def _run_and_images(args: argparse.Namespace, command: str) -> tuple[str | None, str]:
+    """``[RUN] IMAGES``: the run is optional (the model inside gzmorph)."""
+    if len(args.paths) > 2:
+        raise BadArgument(f"{command} takes [RUN] IMAGES, got {len(args.paths)} paths: {' '.join(args.paths)}")
+    return (None, args.paths[0]) if len(args.paths) == 1 else tuple(args.paths)
+
+
+def _input_kwargs(args: argparse.Namespace) -> dict:
+    """How the inputs of predict and embed are found, as the library functions name it."""
+    return {"recursive": args.recursive, "id_column": args.id_column, "path_column": args.path_column,
+            "catalogue_images": args.images, "skip_bad": args.skip_bad, "batch_size": args.batch_size,
+            "workers": args.workers, "progress": not args.quiet, "shard": args.shard}
+
+
+def _skipped_line(skipped: list[tuple[str, str]], listed_in: Path) -> str:
+    """The on-screen summary of what was left out: how many, for which reasons, where the full list is."""
+    if not skipped:
+        return ""
+    reasons: dict[str, int] = {}
+    for _, why in skipped:
+        key = why.split(": ", 1)[-1] if why.startswith("/") else why
+        reasons[key[:60]] = reasons.get(key[:60], 0) + 1
+    common = "; ".join(f"{n} x {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+    return f"; skipped {len(skipped)} input(s) ({common}{'; ...' if len(reasons) > 3 else ''}), listed in {listed_in}"
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predict import predict
 
-    if len(args.paths) > 2:
-        raise BadArgument(f"predict takes [RUN] IMAGES, got {len(args.paths)} paths: {' '.join(args.paths)}")
-    run, images = (None, args.paths[0]) if len(args.paths) == 1 else args.paths
-    s = predict(run, images, args.output, batch_size=args.batch_size, workers=args.workers,
-                skip_bad=args.skip_bad, shard=args.shard, progress=not args.quiet, spread=args.spread,
-                **_run_kwargs(args))
+    run, images = _run_and_images(args, "predict")
+    s = predict(run, images, args.output, spread=args.spread, columns=args.columns, restart=args.restart,
+                interval=args.interval, calibration=args.calibration, **_input_kwargs(args), **_run_kwargs(args))
     print(f"wrote {s.out}: {s.n_predicted} galaxies in {s.seconds:.1f} s ({s.images_per_second:.0f} img/s)"
-          + (f"; skipped {len(s.skipped)} unreadable image(s), listed in {s.out}.json" if s.skipped else ""))
+          + _skipped_line(s.skipped, Path(f"{s.out}.json")))
     return 0
 
 
@@ -157,22 +211,19 @@ def cmd_merge(args: argparse.Namespace) -> int:
         return 0
     s = merge_shards(args.parts, args.output)
     print(f"wrote {s.out}: {s.n_predicted} galaxies from {len(args.parts)} shard(s)"
-          + (f"; {len(s.skipped)} image(s) were skipped, listed in {s.out}.json" if s.skipped else ""))
+          + _skipped_line(s.skipped, Path(f"{s.out}.json")))
     return 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from .inference.embed import embed
 
-    if len(args.paths) > 2:
-        raise BadArgument(f"embed takes [RUN] IMAGES, got {len(args.paths)} paths: {' '.join(args.paths)}")
-    run, images = (None, args.paths[0]) if len(args.paths) == 1 else args.paths
-    s = embed(run, images, args.output, which=args.weights, batch_size=args.batch_size, workers=args.workers,
-              device=args.device, precision=args.precision, skip_bad=args.skip_bad, shard=args.shard,
-              progress=not args.quiet)
+    run, images = _run_and_images(args, "embed")
+    s = embed(run, images, args.output, which=args.weights, device=args.device, precision=args.precision,
+              restart=args.restart, tta=args.tta, interval=args.interval, calibration=args.calibration,
+              **_input_kwargs(args))
     print(f"wrote {s.out} ({s.n} galaxies x {s.dim} features, float16), its .csv and .npy.json in {s.seconds:.1f} s "
-          f"({s.images_per_second:.0f} img/s)"
-          + (f"; skipped {len(s.skipped)} unreadable image(s), listed in {s.out}.json" if s.skipped else ""))
+          f"({s.images_per_second:.0f} img/s)" + _skipped_line(s.skipped, Path(f"{s.out}.json")))
     return 0
 
 
@@ -192,6 +243,8 @@ def cmd_similar(args: argparse.Namespace) -> int:
         for k, (r, d) in enumerate(zip(rows, distance), start=1):
             answers = "; ".join(sim.top_answers(features.answers[r])) if features.answers is not None else ""
             print(f"{k:4d}  {features.ids[r]:>10s}  {d:8.4f}  {answers}")
+        if args.gallery:
+            print(f"wrote {sim.draw_oddest(features, rows, distance, args.gallery, args.images)}")
         return 0
     started = time.perf_counter()
     found = sim.similar(features, args.query, args.k, run=args.run, index=index)
@@ -218,9 +271,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if args.gallery:
         from .inference.gallery import plot_gallery
 
+        from . import runs
+        from .inference.evaluate import results_folder
+
         if not args.data:
             raise BadArgument("plot --gallery needs --data DIR (the Kaggle-layout folder whose galaxies to show)")
-        paths = plot_gallery(args.run, args.data, split=args.split, n=args.n, out_dir=args.out,
+        out = results_folder(runs.run_folder(args.run), args.out)  # never into the packaged model's cache folder
+        paths = plot_gallery(args.run, args.data, split=args.split, n=args.n, out_dir=out,
                              progress=not args.quiet, **_run_kwargs(args))
     else:
         from .inference.plots import plot_run
@@ -248,6 +305,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .inference.calibration import calibrate_run, save_calibration
+
+    cal = calibrate_run(args.run, args.data, split=args.split, labels=args.labels, images=args.images,
+                        batch_size=args.batch_size, skip_bad=args.skip_bad, cache_dir=args.cache_dir,
+                        workers=args.workers, progress=not args.quiet, write=False, **_run_kwargs(args))
+    path = save_calibration(args.run, cal, args.out)
+    print(f"calibrated on {cal.n_galaxies} galaxies over {cal.tta} views: wrote {path}")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .data.synth import make_synthetic
 
@@ -257,6 +325,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from . import pretrained
     from .models import MODELS
 
     for name in sorted(MODELS):
@@ -265,6 +334,18 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{'':16s} recipe: {json.dumps(spec.defaults)}")
         if spec.options:
             print(f"{'':16s} options: {', '.join(spec.options)}")
+    print()
+    try:
+        card = pretrained.card()
+    except GzmorphError as e:
+        print(f"no pretrained model in this installation ({e})")
+        return 0
+    test = card["test"]
+    print(f"the model inside gzmorph (run name 'pretrained', or leave the run out): {card['name']}, a "
+          f"{card['config']['model']} trained on {card['data']}")
+    print(f"{'':16s} test RMSE {test['tta1']['rmse']:.4f} (1 view), {test['tta8']['rmse']:.4f} (8 views); the train "
+          f"mean scores {test['baseline']['rmse']:.4f}")
+    print(f"{'':16s} {pretrained.WEIGHTS} ({card['bytes'] / 2**20:.1f} MiB, SHA-256 {card['sha256']})")
     return 0
 
 
@@ -272,17 +353,43 @@ def _quiet_flag(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def _weights_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--weights", default="best", help="best, last, or a .safetensors file (default: best)")
+
+
 def _model_run_flags(sp: argparse.ArgumentParser, *, tta: int | None = 1, weights: bool = True) -> None:
     """The flags of every command that runs a trained model: which weights, where, in which precision, how many
     views."""
     if weights:
-        sp.add_argument("--weights", default="best", help="best, last, or a .safetensors file (default: best)")
+        _weights_flag(sp)
     sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     sp.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="fp32, or bf16 autocast + channels-last; auto = bf16 where the hardware does it natively "
                          "(default: auto)")
     if tta is not None:
         sp.add_argument("--tta", type=int, default=tta, metavar="N", help=TTA_HELP + f" (default {tta})")
+
+
+def _interval_flags(sp: argparse.ArgumentParser, where: str) -> None:
+    """Calibrated intervals, and continuing a killed job: the flags predict and embed share."""
+    sp.add_argument("--interval", type=float, metavar="LEVEL",
+                    help=f"each answer's calibrated interval at this confidence level (e.g. 0.9): {where}; needs "
+                         f"the run's calibration (`gzmorph calibrate`; the packaged model ships one, made with --tta "
+                         f"8) and its --tta")
+    sp.add_argument("--calibration", metavar="FILE", help="--interval: this calibration file (`gzmorph calibrate "
+                    "--out`) instead of the run's own")
+    sp.add_argument("--restart", action="store_true", help="discard the partial rows of a killed run of this "
+                    "output instead of continuing it (a job killed midway continues when run again)")
+
+
+def _input_flags(sp: argparse.ArgumentParser) -> None:
+    """How predict and embed find their images: folders searched recursively, or a catalogue's columns."""
+    sp.add_argument("--recursive", action="store_true", help="search the folder's subfolders too")
+    sp.add_argument("--id-column", metavar="NAME", help="a catalogue's id column (default: GalaxyID)")
+    sp.add_argument("--path-column", metavar="NAME", help="a catalogue's column of image paths (relative to --images, "
+                                                          "else to the catalogue's folder)")
+    sp.add_argument("--images", metavar="DIR", help="a catalogue's image folder: files named <id>.jpg (.png, .fits, "
+                                                    ".tif ...), or the root its --path-column paths lie in")
 
 
 def _decode_flags(sp: argparse.ArgumentParser, *, cache: bool = True) -> None:
@@ -316,14 +423,21 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="fine-tune a trained model (default: the one inside gzmorph) on your own "
                                          "labels: classes, fractions or numbers")
     ft.add_argument("--resume", metavar="RUN", help="continue the interrupted fine-tuning run in RUN")
-    _config_flags(ft)
+    _config_flags(ft, finetune=True)
     ft.add_argument("--freeze-layers", type=int, help=argparse.SUPPRESS)
     _quiet_flag(ft)
     ft.set_defaults(func=cmd_finetune)
 
-    e = sub.add_parser("evaluate", help="RMSE of a run on a labelled split, beside the train-mean baseline")
+    e = sub.add_parser("evaluate", help="RMSE of a run on a labelled split, beside the train-mean baseline; a "
+                                        "fine-tuned run's columns on a label file")
     e.add_argument("run", nargs="?", default=None, help=RUN_HELP)
-    e.add_argument("--data", required=True)
+    e.add_argument("--data", help="Kaggle-layout folder whose --split is scored (the 37 answers)")
+    e.add_argument("--labels", metavar="FILE", help="a fine-tuned run: a CSV of GalaxyID + its columns, every row "
+                                                    "scored (accuracy, ROC AUC, confusion; RMSE, R²) beside a "
+                                                    "baseline")
+    e.add_argument("--images", metavar="DIR", help="--labels: the folder of its images")
+    e.add_argument("--out", metavar="DIR", help="folder for the JSON (default: the run folder; for the model inside "
+                                                "gzmorph, ./gznet-gz2)")
     e.add_argument("--split", default="test", choices=["train", "valid", "test"])
     e.add_argument("--limit", type=int)
     e.add_argument("--spread", action="store_true", help=SPREAD_HELP + ", and score how well it ranks the errors")
@@ -331,15 +445,24 @@ def build_parser() -> argparse.ArgumentParser:
     _decode_flags(e)
     e.set_defaults(func=cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="predict a folder of images into a Kaggle submission CSV")
-    pr.add_argument("paths", nargs="+", metavar="[RUN] IMAGES",
-                    help="the run (default: the model inside gzmorph), then a folder of images, one image, or a .txt "
-                         "list of image paths")
-    pr.add_argument("-o", "--output", default="submission.csv")
+    pr = sub.add_parser("predict", help="predict images into a table: Kaggle's CSV, or named columns as CSV, Parquet "
+                                        "or FITS")
+    pr.add_argument("paths", nargs="+", metavar="[RUN] IMAGES", help=INPUTS_HELP)
+    pr.add_argument("-o", "--output", default="submission.csv",
+                    help="the table to write; its suffix picks the format: .csv, .parquet, .fits (default: "
+                         "submission.csv); OUTPUT.json beside it records the model, settings and skipped inputs")
+    pr.add_argument("--columns", default="auto", choices=["auto", "kaggle", "named"],
+                    help="kaggle: GalaxyID + Class1.1 .. Class11.6, cumulative down the tree, as Kaggle scores them; "
+                         "named: per answer its fraction of the volunteers asked and its Kaggle value, per question "
+                         "the most likely answer and how many were asked, the most likely path (see the README's "
+                         "table); auto (default): kaggle for a .csv of images, named otherwise")
     pr.add_argument("--shard", metavar="I/N", help="predict only shard I of N (0-based) of the sorted image list; "
                     "combine the N CSVs with `gzmorph merge`. Under torchrun the shard is the process's rank and "
                     "rank 0 merges")
-    pr.add_argument("--spread", action="store_true", help=SPREAD_HELP + ", written to OUTPUT's stem + .spread.csv")
+    pr.add_argument("--spread", action="store_true", help=SPREAD_HELP + ": columns of the named table, or beside a "
+                    "Kaggle CSV in OUTPUT's stem + .spread.csv")
+    _interval_flags(pr, "<answer>_kaggle_lower and _upper columns of the named table")
+    _input_flags(pr)
     _model_run_flags(pr)
     _decode_flags(pr, cache=False)
     pr.set_defaults(func=cmd_predict)
@@ -349,13 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("-o", "--output", default="submission.csv", help="default: submission.csv, or features for .npy")
 
     em = sub.add_parser("embed", help="a run's pooled features of every image, for similarity search")
-    em.add_argument("paths", nargs="+", metavar="[RUN] IMAGES",
-                    help="the run (default: the model inside gzmorph), then a folder of images, one image, or a .txt "
-                         "list of image paths")
+    em.add_argument("paths", nargs="+", metavar="[RUN] IMAGES", help=INPUTS_HELP)
     em.add_argument("-o", "--output", default="features",
                     help="writes OUTPUT.npy (float16 features), OUTPUT.csv (ids, files, answers), OUTPUT.npy.json")
     em.add_argument("--shard", metavar="I/N", help="embed only shard I of N; join the parts with `gzmorph merge`")
-    _model_run_flags(em, tta=None)
+    _interval_flags(em, "columns <answer>_lower and _upper of OUTPUT.csv")
+    _input_flags(em)
+    _model_run_flags(em)
     _decode_flags(em, cache=False)
     em.set_defaults(func=cmd_embed)
 
@@ -365,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("-k", type=int, default=12, help="neighbours (default 12)")
     si.add_argument("--odd", type=int, metavar="N", help="list the N galaxies farthest from their neighbours")
     si.add_argument("--run", help="the run to embed an image query with (default: the features' own run)")
-    si.add_argument("--gallery", metavar="PNG", help="also draw the query and its neighbours into this PNG")
+    si.add_argument("--gallery", metavar="PNG", help="also draw the query and its neighbours (or the --odd galaxies) "
+                                                     "into this PNG")
     si.add_argument("--images", help="where the images are now, if they moved since `embed`")
     si.add_argument("--exact", action="store_true", help="exact search even for a large set")
     si.set_defaults(func=cmd_similar)
@@ -373,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plot", help="learning curves and per-question RMSE of a run, or a gallery of galaxies (PNG)")
     pl.add_argument("run", nargs="?", default=None, help=RUN_HELP)
-    pl.add_argument("--out", help="folder for the PNGs (default: the run folder)")
+    pl.add_argument("--out", help="folder for the PNGs (default: the run folder; for the model inside gzmorph, "
+                                  "./gznet-gz2, where `evaluate` writes its results too)")
     pl.add_argument("--gallery", action="store_true",
                     help="galaxies with their true and predicted top answers, and the worst-predicted ones")
     pl.add_argument("--data", help="--gallery: Kaggle-layout folder")
@@ -396,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="export a run's model to ONNX (checked against PyTorch with onnxruntime)")
     ex.add_argument("run", nargs="?", default=None, help=RUN_HELP)
     ex.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
-    ex.add_argument("--weights", default="best", help="best, last, or a .safetensors file (default: best)")
+    _weights_flag(ex)
     ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     ex.set_defaults(func=cmd_export)
 
@@ -408,7 +533,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1)
     s.set_defaults(func=cmd_synth)
 
-    m = sub.add_parser("models", help="list the models and their recipes")
+    ca = sub.add_parser("calibrate", help="calibrate a run's answer intervals (predict --interval) on held-out "
+                                          "labelled galaxies: RUN/calibration.json")
+    ca.add_argument("run", nargs="?", default=None, help=RUN_HELP)
+    ca.add_argument("--data", help="a Kaggle-layout folder; its --split galaxies calibrate")
+    ca.add_argument("--split", default="valid", choices=["valid", "test"], help="(default: valid)")
+    ca.add_argument("--labels", metavar="FILE.csv", help="instead of --data: a catalogue with GalaxyID and all 37 "
+                                                         "Kaggle columns, of galaxies the run never trained on")
+    ca.add_argument("--images", metavar="DIR", help="the folder of --labels' images (<GalaxyID>.jpg ...)")
+    ca.add_argument("--out", metavar="FILE", help="where to write it (default: RUN/calibration.json; for the model "
+                    "inside gzmorph, whose own calibration ships with it, ./gznet-gz2/calibration.json, used with "
+                    "predict --calibration)")
+    _model_run_flags(ca, tta=8)
+    _decode_flags(ca)
+    ca.set_defaults(func=cmd_calibrate)
+
+    m = sub.add_parser("models", help="list the models, their recipes, and the model inside gzmorph")
     m.set_defaults(func=cmd_models)
     return p
 

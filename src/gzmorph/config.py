@@ -47,9 +47,12 @@ AUGMENTATIONS: dict[str, Augment] = {
 }
 
 
-def knob(default: Any = None, help: str = "", *, choices: tuple | None = None, factory=None) -> Any:  # noqa: A002
-    """A config field with its help text (and accepted values) kept beside it, for the CLI built from the fields."""
-    metadata = {"help": help, "choices": choices}
+def knob(default: Any = None, help: str = "", *, choices: tuple | None = None, factory=None,  # noqa: A002
+         train_only: bool = False) -> Any:
+    """A config field with its help text (and accepted values) kept beside it, for the CLI built from the fields.
+    ``train_only``: meaningless when fine-tuning (the Kaggle catalogue, or what the ``--init`` run decides), so
+    ``gzmorph finetune`` has no flag for it."""
+    metadata = {"help": help, "choices": choices, "train_only": train_only}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -67,9 +70,10 @@ MIN_FINETUNE_STEPS = 400
 @dataclass
 class TrainConfig:
     data: str = knob("", "Kaggle-layout folder (images_training_rev1/, training_solutions_rev1.csv, optional "
-                         "splits.csv)")
+                         "splits.csv)", train_only=True)
     out: str = knob("runs/run", "run folder to create: config, checkpoints, metrics")
-    model: str = knob("gznet", "a model from `gzmorph models`; gznet is the default, seed-cnn the report's CNN")
+    model: str = knob("gznet", "a model from `gzmorph models`; gznet is the default, seed-cnn the report's CNN",
+                      train_only=True)
     epochs: int | None = knob(None, "passes over the training split" + RECIPE)
     batch_size: int | None = knob(None, "galaxies per optimizer step (the global batch under torchrun)" + RECIPE)
     lr: float | None = knob(None, "peak learning rate" + RECIPE)
@@ -83,11 +87,12 @@ class TrainConfig:
     patience: int | None = knob(None, "stop after this many epochs without a better valid RMSE (default: never)")
     loss: str | None = knob(None, "bce (the report) or mse (the Kaggle metric is RMSE)" + RECIPE, choices=LOSSES)
     head: str | None = knob(None, "output head: tree (per-question softmax x parent answer), tree-relu "
-                                  "(Dieleman's), sigmoid (the report's)" + RECIPE, choices=HEADS)
+                                  "(Dieleman's), sigmoid (the report's)" + RECIPE, choices=HEADS, train_only=True)
     augment: str | None = knob(None, "augmentation: none, report (flips, quarter turns, shifts, zoom) or strong "
                                      "(any angle, zoom, shifts, colour)" + RECIPE, choices=tuple(AUGMENTATIONS))
     model_options: dict[str, Any] = knob(help="model options (see `gzmorph models`), e.g. {'widths': [48, 96, 192, "
-                                              "384]}; on the command line --option KEY=VALUE", factory=dict)
+                                              "384]}; on the command line --option KEY=VALUE", factory=dict,
+                                         train_only=True)
     init: str | None = knob(None, "start from the weights of this run (a run folder, or 'pretrained' for the "
                                   "model inside gzmorph): the backbone always, the head too where the task is the "
                                   "same; the model and its options are then the run's")
@@ -104,7 +109,8 @@ class TrainConfig:
     backbone_lr: float | None = knob(None, "the backbone's learning rate as a fraction of --lr once it trains (a "
                                            "pretrained backbone wants small steps)" + RECIPE)
     pretrained: str | None = knob(None, "weights file or URL for families that have them (seed-resnet50, "
-                                        "resnet50: torchvision's; 'imagenet' for its ImageNet weights)")
+                                        "resnet50: torchvision's; 'imagenet' for its ImageNet weights)",
+                                   train_only=True)
     seed: int = knob(0, "shuffling, augmentation, dropout and initialisation all derive from it: same seed, "
                         "same run")
     limit: int | None = knob(None, "at most this many galaxies per split (quick runs, tests)")
@@ -114,9 +120,9 @@ class TrainConfig:
                                        "to use")
     mask_questions: list[str] = knob(help="questions never to learn, by name (gzmorph.tree), e.g. ['bar']: their "
                                           "answers are masked everywhere, as unknown ones are. For measuring transfer "
-                                          "to a question the model never saw", factory=list)
+                                          "to a question the model never saw", factory=list, train_only=True)
     use_partial: bool = knob(True, "train on training_solutions_partial.csv too (its unknown answers are masked "
-                                   "in the loss)")
+                                   "in the loss)", train_only=True)
     skip_bad: bool = knob(False, "leave out rows with missing or unreadable images (logged, counted) instead of "
                                  "stopping")
     device: str = knob("auto", "cpu, cuda, cuda:1 ...; auto = the GPU if there is one")
@@ -126,15 +132,13 @@ class TrainConfig:
     workers: int | None = knob(None, "processes decoding images (default: all cores)")
     cache_dir: str | None = knob(None, "decoded-image cache (default: $GZMORPH_CACHE or ~/.cache/gzmorph)")
 
-    def resolved(self) -> "TrainConfig":
-        """A copy with every None recipe field filled from the model's defaults."""
-        from .models import get_spec
-
-        spec = get_spec(self.model)
+    def with_recipe(self, model_defaults: dict[str, Any]) -> "TrainConfig":
+        """A copy with every None recipe field filled from ``model_defaults`` (its model's recipe: the registry
+        knows it, and ``gzmorph.models.resolve_recipe`` passes it here; a config never imports the models)."""
         base = {"epochs": 10, "batch_size": 32, "lr": 1e-3, "loss": "mse", "head": "tree", "augment": "none",
                 "weight_decay": 0.0, "schedule": "constant", "warmup_epochs": 0.0, "ema": 0.0, "head_epochs": 0,
                 "backbone_lr": 1.0}
-        base.update(spec.defaults)
+        base.update(model_defaults)
         if self.labels:
             base.update(FINETUNE_RECIPE)
         filled = {k: (getattr(self, k) if getattr(self, k) is not None else base[k]) for k in base}

@@ -79,12 +79,14 @@ def ensure_writable_dir(folder: str | Path) -> Path:
 
 def check_output_file(out: str | Path, example: str = "output") -> Path:
     """Fail before a long job when its output file could not be written anyway: a folder given instead of a file,
-    or a parent folder that is missing or is a file."""
+    or a parent that is a file. A parent folder that does not exist yet is made (as ``mkdir -p`` would): a user who
+    names ``results/run1/answers.csv`` means that folder."""
     out = Path(out)
     if out.is_dir():
         raise GzmorphError(f"{out}: is a folder; give the file to write, e.g. {out / example}")
+    blocker = next((p for p in [out.parent, *out.parent.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise GzmorphError(f"{blocker}: is not a folder; choose an output path inside a folder")
     if not out.parent.exists():
-        raise GzmorphError(f"{out.parent}: output folder does not exist")
-    if not out.parent.is_dir():
-        raise GzmorphError(f"{out.parent}: is not a folder; choose an output path inside a folder")
+        ensure_writable_dir(out.parent)
     return out

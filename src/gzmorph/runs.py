@@ -14,8 +14,6 @@ derived from it, so a run killed at any moment resumes exactly where its last ch
 from __future__ import annotations
 
 import csv
-import hashlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,18 +28,15 @@ from torch import nn
 from .version import __version__
 from .config import TrainConfig
 from .errors import BadRun
-from .fsio import atomic_write, atomic_write_json, atomic_write_text
+from .fsio import atomic_write, atomic_write_json
 
 if TYPE_CHECKING:
     from .precision import Policy
 
-CONFIG = "config.json"
-CHECKPOINT = "checkpoint.safetensors"
-LAST = "model.safetensors"
-BEST = "best.safetensors"
-METRICS = "metrics.csv"
-TRAIN_MEAN = "train_mean.json"
-METRIC_FIELDS = ("epoch", "train_loss", "train_rmse", "valid_loss", "valid_rmse", "lr", "seconds")
+# The folder's file names, its SHA-256 and metrics.csv writer live one layer down (run_layout.py); they are read as
+# runs.BEST, runs.file_sha256 ... everywhere.
+from .run_layout import (BEST, CHECKPOINT, CONFIG, LAST, METRIC_FIELDS, METRICS, TRAIN_MEAN,  # noqa: F401
+                         file_sha256, write_metrics)
 
 
 def _tensors(module_state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
@@ -112,14 +107,6 @@ def load_weights(path: Path, model: nn.Module, legacy_head: str = "") -> dict[st
                            f"{unexpected[:3]}, wrong shape {wrong[:3]})")
     model.load_state_dict(tensors)
     return metadata
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -194,15 +181,6 @@ def load_checkpoint(run: Path, model: nn.Module, optimizer: torch.optim.Optimize
         raise BadRun(f"{run / CHECKPOINT}: checkpoint does not match this run's model ({e})") from None
 
 
-def write_metrics(run: Path, history: list[dict[str, float]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
-    w.writeheader()
-    for row in history:
-        w.writerow({k: row.get(k, "") for k in METRIC_FIELDS})
-    atomic_write_text(run / METRICS, buf.getvalue())
-
-
 def read_metrics(run: Path) -> list[dict[str, float]]:
     path = run_folder(run) / METRICS
     if not path.is_file():
@@ -223,6 +201,14 @@ def run_folder(run: str | Path | None) -> Path:
     from . import pretrained
 
     return pretrained.run_folder() if pretrained.is_alias(run) else Path(run)
+
+
+def run_name(run: str | Path | None) -> str:
+    """How outputs record the run: ``pretrained`` for the model inside gzmorph (its cache folder is an accident of
+    the machine), else the folder."""
+    from . import pretrained
+
+    return "pretrained" if pretrained.is_alias(run) else str(run)
 
 
 def read_config(run: str | Path | None) -> TrainConfig:
@@ -314,8 +300,12 @@ def load_model(run: str | Path | None = None, which: str = "best", device: str |
         path = run / LAST
     policy = resolve(precision, device if isinstance(device, torch.device) else pick_device(device), predict_only=True)
     model = build_model(cfg)
-    load_weights(path, model, get_spec(cfg.model).legacy_head)
+    metadata = load_weights(path, model, get_spec(cfg.model).legacy_head)
     if policy.fold_batchnorm:  # `--precision fp32` keeps the model exactly as it was trained
         model = fold_batchnorm(model.eval())
     policy.place(model).eval()
+    # The packaged model runs from a float32 copy in the cache; what identifies it is the file that ships, whose
+    # SHA-256 its card and the README quote (the copy records it), not the copy's own.
+    if metadata.get("source") and metadata.get("sha256"):
+        return LoadedModel(model, cfg, Path(metadata.get("source_path", path)), metadata["sha256"], policy)
     return LoadedModel(model, cfg, path, file_sha256(path), policy)

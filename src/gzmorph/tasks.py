@@ -68,6 +68,21 @@ class Task:
             start += c.width
         return out
 
+    def predicted_classes(self, values: np.ndarray) -> dict[str, list[str]]:
+        """The most probable class of each galaxy, per classes column, from (N, width) outputs in output order
+        (probabilities as predict writes them); ties go to the class named first."""
+        values = np.asarray(values)
+        if values.ndim != 2 or values.shape[1] != self.width:
+            raise ValueError(f"expected (N, {self.width}) outputs of this task, got shape {values.shape}")
+        return {c.name: [c.classes[i] for i in values[:, sl].argmax(1)]
+                for c, sl in zip(self.columns, self.slices()) if c.kind == "classes"}
+
+    def loss_name(self, fraction_loss: str = "mse") -> str:
+        """What the training loss is, as the logs and plots name it: cross-entropy on class columns, ``fraction_loss``
+        (``--loss``) on fractions, MSE on standardised numbers; a mixed task names each."""
+        names = {"classes": "cross-entropy", "fraction": fraction_loss, "number": "mse"}
+        return " + ".join(dict.fromkeys(names[c.kind] for c in self.columns))
+
     def to_dict(self) -> dict:
         return {"columns": [asdict(c) for c in self.columns]}
 
@@ -138,7 +153,8 @@ def infer_task(path: str | Path, columns: list[str] | None = None, kinds: dict[s
         if kind == "classes":
             values, counts = np.unique(cells, return_counts=True)
             if len(values) < 2:
-                raise BadData(f"{path}, column {name}: a single class ({values[0]!r}); classes need at least two")
+                raise BadData(f"{path}, column {name}: a single class ({str(values[0])!r}) in all {len(cells)} "
+                              f"labelled galaxies; a classifier needs galaxies of at least two classes")
             rare = [str(v) for v, n in zip(values, counts) if n < 2]
             if rare:
                 raise BadData(f"{path}, column {name}: class {rare[0]!r} has one example; every class needs at "
@@ -151,6 +167,9 @@ def infer_task(path: str | Path, columns: list[str] | None = None, kinds: dict[s
         if kind == "fraction" and not all(0.0 <= v <= 1.0 for v in numbers):
             raise BadData(f"{path}, column {name}: fractions must lie in [0, 1]")
         arr = np.asarray(numbers, np.float64)
+        if arr.min() == arr.max():  # e.g. a 0/1 flag that is 1 everywhere: a single class, in numbers
+            raise BadData(f"{path}, column {name}: every value is {cells[0]}; a column that never changes has nothing "
+                          f"to learn (it needs galaxies of at least two values)")
         std = float(arr.std()) if kind == "number" and arr.std() > 0 else 1.0
         out.append(Column(name, kind, (), float(arr.mean()) if kind == "number" else 0.0, std))
     return Task(tuple(out))

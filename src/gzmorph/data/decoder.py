@@ -46,14 +46,17 @@ def _decode_chunk(task: tuple[int, list[str], Preprocess]) -> Chunk:
 
 
 def decode_chunks(paths: Sequence[str | Path], prep: Preprocess, *, chunk: int, workers: int,
-                  ahead: int = 2) -> Iterator[Chunk]:
+                  ahead: int = 2, offset: int = 0) -> Iterator[Chunk]:
     """The chunks of ``chunk`` files of ``paths``, in order, decoded in ``workers`` processes (in this process when
     ``workers`` <= 1), at most ``ahead * workers`` chunks ahead of the consumer.
+
+    ``offset``: ``paths`` are the list's files from this position on (a resumed job); chunks give positions in the
+    whole list.
 
     ``ahead=0`` takes turns instead: ``workers`` chunks are decoded while the consumer waits, then handed over
     while the workers wait. That is what a consumer on the same CPU cores wants (a model's forward passes): decoding
     beside them would only steal cores from its threads, which then wait for each other at every layer."""
-    tasks = ((k, [str(p) for p in paths[k:k + chunk]], prep) for k in range(0, len(paths), chunk))
+    tasks = ((offset + k, [str(p) for p in paths[k:k + chunk]], prep) for k in range(0, len(paths), chunk))
     if workers <= 1:
         yield from map(_decode_chunk, tasks)
         return

@@ -26,13 +26,17 @@ import numpy as np
 
 from .. import runs
 from ..data.layout import ID_COLUMN
-from ..errors import BadData, BadImage
+from ..errors import BadArgument, BadData, BadImage
 from ..fsio import atomic_write_json, check_output_file, replace_atomically
 from ..training import distributed
 from ..version import __version__
-from .predict import ImageStream, collect_inputs, galaxy_id
-from .shards import check_parts, inputs_digest, parse_shard, shard_slice
-from .tta import embed_array, finish_answers
+from ..data.inputs import collect_inputs
+from .predict import ImageStream
+from .shards import check_parts, parse_shard, shard_slice
+from .calibration import calibration_for
+from .intervals import check_level, intervals
+from .journal import Journal
+from .tta import check_tta, embed_array, finish_answers, predict_answers
 
 log = logging.getLogger("gzmorph")
 
@@ -74,55 +78,97 @@ def _write_npy(raw: Path, target: Path, n: int, dim: int) -> None:
 
 def embed(run: str | Path | None, images: str | Path, out: str | Path = "features", *, which: str = "best",
           batch_size: int = 256, workers: int | None = None, device: str = "auto", precision: str = "auto",
-          skip_bad: bool = False, shard: str | tuple[int, int] | None = None, progress: bool = True) -> EmbedSummary:
-    """Write the pooled features of every image in ``images`` (folder, image or list file) under ``run`` (default:
-    the model inside gzmorph) to ``out``.npy / .csv / .npy.json."""
+          skip_bad: bool = False, shard: str | tuple[int, int] | None = None, progress: bool = True,
+          recursive: bool = False, id_column: str | None = None, path_column: str | None = None,
+          catalogue_images: str | Path | None = None, restart: bool = False, tta: int = 1,
+          interval: float | None = None, calibration: str | Path | None = None) -> EmbedSummary:
+    """Write the pooled features of every image in ``images`` (a folder, ``recursive``: with its subfolders; an
+    image; a list file; or a catalogue CSV, as ``predict`` reads them) under ``run`` (default: the model inside
+    gzmorph) to ``out``.npy / .csv / .npy.json.
+
+    The features are those of the image as it is; the answers in the .csv average ``tta`` views, and with
+    ``interval`` each gets its calibrated bounds (``<column>_lower``, ``<column>_upper``), as ``predict`` gives them.
+    A job killed midway continues when run again (``journal.py``); ``restart`` discards its partial rows instead.
+    """
     npy, table, meta = feature_paths(out)
     check_output_file(npy, "features.npy")
+    check_tta(tta)
+    if interval is not None:
+        check_level(interval)
+    elif calibration is not None:
+        raise BadArgument("--calibration is for --interval LEVEL; give both")
     shard = parse_shard(shard)
+    run_name = runs.run_name(run)
     run = runs.run_folder(run)
     cluster = distributed.from_env()
     loaded = runs.load_model(run, which, distributed.pick_device(cluster, device), precision)
     if not hasattr(loaded.model, "features"):
         raise BadData(f"{run}: its model has no pooled features to embed")
-    all_paths = collect_inputs(images)
-    paths = all_paths[shard_slice(len(all_paths), *shard)] if shard else all_paths
+    cal = calibration_for(run_name, loaded, tta, calibration) if interval is not None else None
+    inputs = collect_inputs(images, recursive=recursive, id_column=id_column, path_column=path_column,
+                            images=catalogue_images, skip_bad=skip_bad)
+    if not inputs.paths:  # every catalogue row left out with --skip-bad
+        raise BadData(f"{images}: none of its {len(inputs.skipped)} rows has an image to embed (listed above)")
+    mine = inputs.take(shard_slice(len(inputs), *shard)) if shard else inputs
+    paths, id_of = mine.paths, dict(zip(mine.paths, mine.ids))
     stream = ImageStream(paths, loaded.prep, batch_size=batch_size,
                          workers=workers or min(distributed.cpu_share(cluster, None), 16), skip_bad=skip_bad,
                          listed_in=str(meta), progress=progress, desc="embedding",
                          overlap=loaded.policy.device.type != "cpu")
     names = runs.output_names(loaded.config)
+    header = [ID_COLUMN, "file", *names]
+    if cal is not None:
+        header += [f"{n}_{side}" for side in ("lower", "upper") for n in names]
     dim = loaded.model.feature_dim
     started = time.perf_counter()
-    raw = npy.with_name(f".{npy.name}.rows-{os.getpid()}")
-    csv_tmp = table.with_name(f".{table.name}.tmp-{os.getpid()}")
+    job = {"inputs_sha256": inputs.digest(), "shard": list(shard) if shard else None, "n_inputs": len(mine),
+           "weights_sha256": loaded.sha256, "precision": loaded.policy.name, "tta": tta, "interval": interval,
+           "dim": dim}
+    journal = Journal.start(npy, job, ["rows", "csv"], restart=restart)
+    stream.resume(journal.done, journal.skipped)
+    done_before = journal.rows
     try:
-        with open(raw, "wb") as f, open(csv_tmp, "w", newline="") as c:
+        with open(journal.files["rows"], "ab") as f, open(journal.files["csv"], "a", newline="") as c:
             rows = csv.writer(c, lineterminator="\n")
-            rows.writerow((ID_COLUMN, "file", *names))
+            if journal.offsets.get("csv", 0) == 0:
+                rows.writerow(header)
             for good, pixels in stream:
                 features, outputs = embed_array(loaded.model, pixels, batch_size, loaded.policy)
                 f.write(features.astype(DTYPE).tobytes())
-                answers = finish_answers(loaded.config, outputs)
-                rows.writerows([galaxy_id(p), str(p), *(f"{v:.6f}" for v in row)] for p, row in zip(good, answers))
-        if stream.n_good == 0 and paths:
-            raise BadData(f"none of the {len(paths)} images could be read; nothing was embedded")
-        _write_npy(raw, npy, stream.n_good, dim)
-        replace_atomically(csv_tmp, table)
-    except BadImage as e:
-        raise BadData(str(e)) from None
-    finally:
-        raw.unlink(missing_ok=True)
-        csv_tmp.unlink(missing_ok=True)
-    summary = EmbedSummary(npy, stream.n_good, dim, stream.skipped, time.perf_counter() - started)
+                if tta > 1 or cal is not None:  # the answers over the views (and their spread, for intervals)
+                    answers = predict_answers(loaded, pixels, batch_size, tta, spread=cal is not None)
+                    answers, sd = answers if cal is not None else (answers, None)
+                else:
+                    answers, sd = finish_answers(loaded.config, outputs), None
+                bounds = np.concatenate(intervals(cal, answers, sd, interval), axis=1) if cal is not None else None
+                rows.writerows([id_of[p], str(p), *(f"{v:.6f}" for v in row),
+                                *(f"{v:.6f}" for v in (bounds[k] if bounds is not None else ()))]
+                               for k, (p, row) in enumerate(zip(good, answers)))
+                f.flush()
+                c.flush()
+                journal.record(stream.done, done_before + stream.n_good, stream.skipped)
+    except BadImage as e:  # the rows so far are kept: the same command continues once the image is dealt with
+        raise BadData(f"{e}; the {journal.rows} rows before it are kept, and the same command continues from "
+                      f"there") from None
+    n = done_before + stream.n_good
+    if n == 0 and paths:
+        journal.discard()
+        raise BadData(f"none of the {len(paths)} images could be read; nothing was embedded")
+    journal.record(stream.done, n, stream.skipped)
+    _write_npy(journal.files["rows"], npy, n, dim)
+    replace_atomically(journal.files["csv"], table)
+    journal.discard()
+    skipped = (inputs.skipped if not shard or shard[0] == 0 else []) + list(journal.skipped)
+    summary = EmbedSummary(npy, n, dim, skipped, time.perf_counter() - started)
     atomic_write_json(meta, {
-        "features": npy.name, "table": table.name, "n": stream.n_good, "dim": dim, "dtype": np.dtype(DTYPE).name,
-        "run": str(run), "model": loaded.config.model, "weights": str(loaded.weights),
+        "features": npy.name, "table": table.name, "n": n, "dim": dim, "dtype": np.dtype(DTYPE).name,
+        "run": run_name, "model": loaded.config.model, "weights": str(loaded.weights),
         "weights_sha256": loaded.sha256, "crop": loaded.prep.crop, "size": loaded.prep.size,
-        "precision": loaded.policy.name, "outputs": names, "gzmorph_version": __version__,
-        "n_skipped": len(stream.skipped), "skipped": [{"path": p, "why": w} for p, w in stream.skipped],
+        "precision": loaded.policy.name, "outputs": names, "gzmorph_version": __version__, "tta": tta,
+        "interval": interval, "calibration": cal.data if cal is not None else None,
+        "n_skipped": len(skipped), "skipped": [{"path": p, "why": w} for p, w in skipped],
         "seconds": summary.seconds, "shard": list(shard) if shard else None, "n_inputs": len(paths),
-        "n_inputs_all_shards": len(all_paths), "inputs_sha256": inputs_digest(all_paths)})
+        "n_inputs_all_shards": len(inputs), "inputs_sha256": inputs.digest(), "source": inputs.source})
     return summary
 
 
@@ -132,7 +178,8 @@ def merge_features(parts: Sequence[str | Path], out: str | Path) -> EmbedSummary
     npy, table, meta = feature_paths(out)
     check_output_file(npy, "features.npy")
     infos = check_parts([feature_paths(p)[0] for p in parts], npy, "embed",
-                        (("weights_sha256", "weights"), ("precision", "--precision settings")))
+                        (("weights_sha256", "weights"), ("precision", "--precision settings"), ("tta", "--tta"),
+                         ("interval", "--interval")))
     n = sum(info["n"] for _, info in infos)
     dim = infos[0][1]["dim"]
     raw = npy.with_name(f".{npy.name}.rows-{os.getpid()}")

@@ -9,9 +9,7 @@ rank 0 merges them.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -20,41 +18,21 @@ import torch
 
 from .. import runs
 from ..data.decoder import decode_chunks
-from ..data.images import Preprocess, image_stem, list_images
-from ..data.layout import ID_COLUMN, SUBMISSION_HEADER
+from ..data.images import Preprocess, image_stem
+from ..data.inputs import collect_inputs
 from ..errors import BadArgument, BadData, BadImage
-from ..fsio import atomic_write, atomic_write_json, check_output_file
+from ..fsio import atomic_write, atomic_write_json, check_output_file, replace_atomically
 from ..training import distributed
 from ..version import __version__
-from .shards import inputs_digest, merge_shards, parse_shard, shard_part_path, shard_slice
+from .answer_table import answer_frame, describe, pick_columns
+from .calibration import calibration_for
+from .intervals import check_level, intervals
+from .journal import Journal
+from .shards import PredictionSummary, merge_shards, parse_shard, shard_part_path, shard_slice
+from .table_writer import TableWriter, output_format
 from .tta import check_tta, predict_answers
 
 log = logging.getLogger("gzmorph")
-
-
-def collect_inputs(source: str | Path) -> list[Path]:
-    """A folder of images, a single image, or a text file listing image paths (one per line). Two files that
-    would give the same GalaxyID (``1.jpg`` and ``1.png``) are an error: the output would hold that id twice."""
-    source = Path(source)
-    if source.is_dir():
-        paths = list_images(source)
-    elif not source.exists():
-        raise BadData(f"{source}: no such folder or file")
-    elif source.suffix.lower() in (".txt", ".lst", ".list"):
-        base = source.parent
-        paths = [Path(line.strip()) for line in source.read_text().splitlines() if line.strip()]
-        paths = [p if p.is_absolute() else base / p for p in paths]
-        if not paths:
-            raise BadData(f"{source}: the file list is empty")
-    else:
-        return [source]
-    seen: dict[str, Path] = {}
-    for p in paths:
-        gid = galaxy_id(p)
-        if gid in seen:
-            raise BadData(f"{source}: two files claim GalaxyID {gid}: {seen[gid]} and {p}; keep one of them")
-        seen[gid] = p
-    return paths
 
 
 def spread_path(out: Path) -> Path:
@@ -80,16 +58,24 @@ class ImageStream:
         # Decode beside the model only where the model runs elsewhere (a GPU); on the CPU they take turns.
         self.ahead = 2 if overlap else 0
         self.skipped: list[tuple[str, str]] = []
-        self.n_good = 0
+        self.n_good = 0  # images decoded by this stream (not counting those a resumed job had done before)
+        self.start = self.done = 0  # the images before ``done`` are finished: written, or skipped
+
+    def resume(self, done: int, skipped: list[tuple[str, str]]) -> None:
+        """Start after the first ``done`` images, which an earlier run finished (skipping ``skipped``). ``done`` is
+        a multiple of the batch size (or the end), so the chunks keep the boundaries of an uninterrupted run."""
+        self.start = self.done = done
+        self.skipped = list(skipped)
 
     def __iter__(self) -> Iterator[tuple[list[Path], np.ndarray]]:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(self.paths), unit="img", desc=self.desc, disable=not self.progress or None,
-                   leave=False)
+        bar = tqdm(total=len(self.paths), initial=self.start, unit="img", desc=self.desc,
+                   disable=not self.progress or None, leave=False)
         try:
-            for c in decode_chunks(self.paths, self.prep, chunk=self.batch_size, workers=self.workers,
-                                   ahead=self.ahead):
+            for c in decode_chunks(self.paths[self.start:], self.prep, chunk=self.batch_size, workers=self.workers,
+                                   ahead=self.ahead, offset=self.start):
+                self.done = c.start + c.size
                 for i, why in c.bad:
                     if not self.skip_bad:
                         raise BadImage(f"{self.paths[i]}: {why}; fix or remove it, or pass --skip-bad to leave such "
@@ -103,98 +89,160 @@ class ImageStream:
         finally:
             bar.close()
 
-@dataclass
-class PredictionSummary:
-    out: Path
-    n_predicted: int
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    model_sha256: str = ""
-
-    @property
-    def images_per_second(self) -> float:
-        return self.n_predicted / self.seconds if self.seconds else 0.0
-
-
-def predict(run: str | Path, images: str | Path, out: str | Path = "submission.csv", *, which: str = "best",
+def predict(run: str | Path | None, images: str | Path, out: str | Path = "submission.csv", *, which: str = "best",
             batch_size: int = 256, workers: int | None = None, device: str = "auto", skip_bad: bool = False,
             tta: int = 1, shard: str | tuple[int, int] | None = None, precision: str = "auto",
-            spread: bool = False, progress: bool = True) -> PredictionSummary:
-    """Predict every image in ``images`` (folder, image or list file) with ``run``; write the Kaggle CSV ``out``.
+            spread: bool = False, progress: bool = True, columns: str = "auto", recursive: bool = False,
+            id_column: str | None = None, path_column: str | None = None,
+            catalogue_images: str | Path | None = None, restart: bool = False,
+            interval: float | None = None, calibration: str | Path | None = None) -> PredictionSummary:
+    """Predict every image of ``images`` with ``run`` (default: the model inside gzmorph) into the table ``out``.
+
+    ``images``: a folder (``recursive``: with its subfolders), one image, a .txt list of image paths, or a catalogue
+    CSV (``id_column``, and ``path_column`` or ``catalogue_images``; see ``gzmorph.data.inputs``) whose other columns
+    are kept. ``out``'s suffix picks the format (.csv, .parquet, .fits); ``columns`` picks Kaggle's 37 Class columns
+    or the named table (``auto``: Kaggle for a CSV of images, named otherwise; see ``answer_table``).
 
     Unreadable images stop the job with the file named, or with ``skip_bad`` are left out, counted and listed in
-    ``<out>.json`` beside the CSV (with the model file's SHA-256 and the gzmorph version). ``shard="I/N"`` predicts
-    only the I-th of N slices of the image list (join the N CSVs with :func:`merge_shards`). Run by torchrun with
+    ``<out>.json`` beside the table (with the model file's SHA-256 and the gzmorph version). ``shard="I/N"`` predicts
+    only the I-th of N slices of the image list (join the N files with :func:`merge_shards`). Run by torchrun with
     several processes and no ``shard``, each process predicts its rank's shard and rank 0 writes ``out``. With
-    ``spread`` (and ``tta`` > 1), each answer's spread over the views goes to ``<out stem>.spread.csv`` beside it,
-    the same columns, leaving the submission as Kaggle reads it.
+    ``spread`` (and ``tta`` > 1), each answer's spread over the views: in the named table as columns, beside a Kaggle
+    CSV as ``<out stem>.spread.csv`` (the same columns, leaving the submission as Kaggle reads it). With
+    ``interval`` (a level in (0, 1)), each answer's calibrated interval goes into the named table (see
+    ``intervals.py``; the run, or the file ``calibration``, must be calibrated for its weights and ``tta``).
+
+    A CSV job killed midway (SIGKILL, out of memory, a lost node) keeps the rows it wrote: the same call continues
+    where it stopped, and the finished file is the same as an uninterrupted run's; a call for another job finds the
+    partial one and is refused unless ``restart`` (see ``journal.py``).
     """
     out = check_output_file(out, "submission.csv")
+    suffix = output_format(out)
     check_tta(tta)
     if spread and tta < 2:
         raise BadArgument("--spread is the spread over the TTA views: give --tta 8 (or 2, 4, 16, 32)")
-    spread_out = spread_path(out) if spread else None
+    if interval is not None:
+        check_level(interval)
     shard = parse_shard(shard)
     cluster = distributed.from_env()
     if shard is None and cluster.enabled:
         return _predict_with_torchrun(cluster, run, images, out, which=which, batch_size=batch_size,
                                       workers=workers, device=device, skip_bad=skip_bad, tta=tta, precision=precision,
-                                      spread=spread, progress=progress)
+                                      spread=spread, progress=progress, columns=columns, recursive=recursive,
+                                      id_column=id_column, path_column=path_column,
+                                      catalogue_images=catalogue_images, restart=restart, interval=interval,
+                                      calibration=calibration)
+    inputs = collect_inputs(images, recursive=recursive, id_column=id_column, path_column=path_column,
+                            images=catalogue_images, skip_bad=skip_bad)
+    if not inputs.paths:  # every catalogue row left out with --skip-bad
+        raise BadData(f"{images}: none of its {len(inputs.skipped)} rows has an image to predict (listed above)")
+    columns = pick_columns(columns, suffix=suffix, catalogue=inputs.extra is not None, interval=interval)
     dev = distributed.pick_device(cluster, device)
+    run_name = runs.run_name(run)
     run = runs.run_folder(run)
     loaded = runs.load_model(run, which, dev, precision)
-    all_paths = collect_inputs(images)
-    paths = all_paths[shard_slice(len(all_paths), *shard)] if shard else all_paths
+    task = runs.task_of(loaded.config)
+    if calibration is not None and interval is None:
+        raise BadArgument("--calibration is for --interval LEVEL; give both")
+    calibration = calibration_for(run_name, loaded, tta, calibration) if interval is not None else None
+    mine = inputs.take(shard_slice(len(inputs), *shard)) if shard else inputs
     if shard:
-        log.info("shard %d/%d: %d of %d images", shard[0], shard[1], len(paths), len(all_paths))
+        log.info("shard %d/%d: %d of %d images", shard[0], shard[1], len(mine), len(inputs))
     workers = workers or min(distributed.cpu_share(cluster, None), 16)  # the cores, split between a node's processes
-    # The Kaggle submission header, or for a fine-tuned run GalaxyID + its task's outputs.
-    header = (ID_COLUMN, *runs.output_names(loaded.config)) if loaded.config.task else SUBMISSION_HEADER
-    stream = ImageStream(paths, loaded.prep, batch_size=batch_size, workers=workers, skip_bad=skip_bad,
+    row_of = {p: k for k, p in enumerate(mine.paths)}
+    stream = ImageStream(mine.paths, loaded.prep, batch_size=batch_size, workers=workers, skip_bad=skip_bad,
                          listed_in=f"{out}.json", progress=progress, overlap=dev.type != "cpu")
+    separate_spread = spread and columns == "kaggle" and suffix == ".csv" and task is None
+    spread_out = spread_path(out) if separate_spread else None
     started = time.perf_counter()
 
-    def rows(ids: list[str], values: np.ndarray) -> str:
-        return "\n".join(i + "," + ",".join(f"{v:.6f}" for v in row) for i, row in zip(ids, values)) + "\n"
+    def frame(paths: list[Path], values: np.ndarray, sd: np.ndarray | None):
+        rows = [row_of[p] for p in paths]
+        extra = None if mine.extra is None or columns == "kaggle" else mine.extra.iloc[rows]
+        lower, upper = intervals(calibration, values, sd, interval) if calibration else (None, None)
+        return answer_frame(values, [mine.ids[r] for r in rows], columns=columns, id_column=mine.id_column,
+                            extra=extra, task=task, output_names=runs.output_names(loaded.config),
+                            spread=sd if spread and not separate_spread else None, lower=lower, upper=upper)
 
-    def write(tmp: Path) -> None:
-        extra = open(f"{tmp}.spread", "w", newline="") if spread else None
-        try:
-            with open(tmp, "w", newline="") as f:
-                for target in filter(None, (f, extra)):
-                    target.write(",".join(header) + "\n")
-                for good, pixels in stream:
-                    ids = [galaxy_id(p) for p in good]
-                    answers = predict_answers(loaded, pixels, batch_size, tta, spread=spread)
-                    f.write(rows(ids, answers[0] if spread else answers))
-                    if extra:
-                        extra.write(rows(ids, answers[1]))
-        finally:
+    need_spread = spread or calibration is not None  # an interval is scaled by the spread over the views
+
+    def predict_into(table: TableWriter, extra: TableWriter | None, after_chunk=lambda: None) -> None:
+        for good, pixels in stream:
+            answers = predict_answers(loaded, pixels, batch_size, tta, spread=need_spread)
+            values, sd = answers if need_spread else (answers, None)
+            table.write(frame(good, values, sd))
             if extra:
-                extra.close()
-        if stream.n_good == 0 and paths:  # raised inside the write, so an earlier submission at `out` is kept
-            raise BadData(f"none of the {len(paths)} images could be read; nothing was predicted")
-        if spread:  # in place once the submission is complete; replaced with it by atomic_write just after
-            os.replace(f"{tmp}.spread", spread_out)
+                extra.write(answer_frame(sd, [mine.ids[row_of[p]] for p in good], columns="kaggle"))
+            after_chunk()
+        empty = np.zeros((0, len(runs.output_names(loaded.config))), np.float32)
+        table.write_header_only(frame([], empty, empty if need_spread else None))
+        if extra:
+            extra.write_header_only(answer_frame(empty, [], columns="kaggle"))
 
-    if not paths:  # more shards than images: this shard is legitimately empty
-        log.warning("shard %d/%d holds none of the %d images; writing a CSV with the header only", *shard,
-                    len(all_paths))
-    try:
-        atomic_write(out, write)
-    except BadImage as e:  # an unreadable image without --skip-bad: the job stops, the old CSV is kept
-        raise BadData(str(e)) from None
-    finally:
-        Path(f"{out.with_name(f'.{out.name}.tmp-{os.getpid()}')}.spread").unlink(missing_ok=True)
-    skipped = stream.skipped
-    summary = PredictionSummary(out, stream.n_good, skipped, time.perf_counter() - started, loaded.sha256)
+    def nothing_read() -> BadData:
+        return BadData(f"none of the {len(mine)} images could be read; nothing was predicted")
+
+    if not mine.paths:  # more shards than images: this shard is legitimately empty
+        log.warning("shard %d/%d holds none of the %d images; writing a table with the header only", *shard,
+                    len(inputs))
+    if suffix == ".csv":  # rows append to a journalled partial file: a killed job resumes (journal.py)
+        job = {"inputs_sha256": inputs.digest(), "shard": list(shard) if shard else None, "n_inputs": len(mine),
+               "weights_sha256": loaded.sha256, "tta": tta, "precision": loaded.policy.name, "columns": columns,
+               "spread": spread, "interval": interval, "format": suffix}  # not the batch size: another one changes only last bits
+        journal = Journal.start(out, job, ["rows", "spread"] if separate_spread else ["rows"], restart=restart)
+        stream.resume(journal.done, journal.skipped)
+        table = TableWriter(journal.files["rows"], suffix, describe, append=True)
+        extra = TableWriter(journal.files["spread"], ".csv", append=True) if separate_spread else None
+        done_before = journal.rows
+
+        def after_chunk() -> None:
+            for w in filter(None, (table, extra)):
+                w.flush()
+            journal.record(stream.done, done_before + stream.n_good, stream.skipped)
+
+        try:
+            predict_into(table, extra, after_chunk)
+        except BadImage as e:  # the rows so far are kept: the same command continues once the image is dealt with
+            raise BadData(f"{e}; the {journal.rows} rows before it are kept, and the same command continues from "
+                          f"there") from None
+        finally:
+            for w in filter(None, (table, extra)):
+                w.close()
+        if journal.rows + stream.n_good == 0 and mine.paths:
+            journal.discard()
+            raise nothing_read()
+        journal.record(stream.done, done_before + stream.n_good, stream.skipped)
+        if separate_spread:
+            replace_atomically(journal.files["spread"], spread_out)
+        replace_atomically(journal.files["rows"], out)
+        journal.discard()
+        n_rows, stream_skipped = journal.rows, journal.skipped
+    else:  # Parquet and FITS are written whole: a temporary file that replaces the target when complete
+        def write(tmp: Path) -> None:
+            table = TableWriter(tmp, suffix, describe)
+            try:
+                predict_into(table, None)
+            finally:
+                table.close()
+            if stream.n_good == 0 and mine.paths:  # raised inside the write, so an earlier output is kept
+                raise nothing_read()
+
+        try:
+            atomic_write(out, write)
+        except BadImage as e:  # an unreadable image without --skip-bad: the job stops, the old output is kept
+            raise BadData(str(e)) from None
+        n_rows, stream_skipped = stream.n_good, stream.skipped
+    skipped = (inputs.skipped if not shard or shard[0] == 0 else []) + list(stream_skipped)
+    summary = PredictionSummary(out, n_rows, skipped, time.perf_counter() - started, loaded.sha256)
     atomic_write_json(Path(f"{out}.json"), {
-        "csv": str(out), "run": str(run), "weights": str(loaded.weights), "weights_sha256": loaded.sha256,
-        "gzmorph_version": __version__, "torch_version": torch.__version__, "n_predicted": stream.n_good,
-        "tta": tta, "spread_csv": str(spread_out) if spread else None, "precision": loaded.policy.name, "runtime": loaded.policy.describe(),
+        "table": str(out), "format": suffix, "columns": columns, "run": run_name, "weights": str(loaded.weights),
+        "weights_sha256": loaded.sha256, "gzmorph_version": __version__, "torch_version": torch.__version__,
+        "n_predicted": n_rows, "tta": tta, "interval": interval,
+        "calibration": calibration.data if calibration else None, "spread_csv": str(spread_out) if spread_out else None,
+        "precision": loaded.policy.name, "runtime": loaded.policy.describe(),
         "n_skipped": len(skipped), "skipped": [{"path": p, "why": w} for p, w in skipped],
-        "seconds": summary.seconds, "shard": list(shard) if shard else None, "n_inputs": len(paths),
-        "n_inputs_all_shards": len(all_paths), "inputs_sha256": inputs_digest(all_paths)})
+        "seconds": summary.seconds, "shard": list(shard) if shard else None, "n_inputs": len(mine),
+        "n_inputs_all_shards": len(inputs), "inputs_sha256": inputs.digest(), "source": inputs.source})
     return summary
 
 

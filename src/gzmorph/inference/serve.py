@@ -4,26 +4,38 @@ Standard library only (``http.server``): the page is one self-contained HTML fil
 external fetches) and the API is two JSON endpoints:
 
     GET  /             the page
-    GET  /api/info     the model being served (name, weights and their SHA-256, TTA, crop and size, version)
-    POST /api/predict  body = the image file's bytes, header ``X-Filename`` = its name (URL-encoded; gives the
-                       suffix) -> the 37 values, the most likely path, every question's answers, a preview PNG
+    GET  /api/info     the model being served (name, weights and their SHA-256, TTA, crop and size, version, limits)
+    POST /api/predict  the image file, either as the raw body with header ``X-Filename`` = its name (URL-encoded;
+                       gives the suffix), or as the field ``file`` of a ``multipart/form-data`` form (``curl -F
+                       file=@x.jpg``) -> the 37 values, the most likely path, every question's answers, a preview PNG
 
-The model is loaded once. Requests are handled in threads, but inference runs one at a time behind a lock: a
-module is not safe to call from several threads at once, and one image at a time already uses every core.
+The model is loaded once. Each connection has its own thread; the model runs in one thread at a time (a module is
+not safe to call from several threads at once, and one forward pass already uses every core), on every upload that
+is waiting for it at once (one batch, up to ``BATCH_LIMIT``). At most ``QUEUE_LIMIT`` uploads are admitted at a time
+(being read, decoded, waiting for the model or in it); one more is answered 503 with ``Retry-After`` at once, before
+its body is read, instead of waiting behind an ever longer queue. Hostile clients cost one thread for a bounded time:
+a request must arrive whole within ``REQUEST_SECONDS``, and a body over ``MAX_UPLOAD_BYTES`` is refused from its
+Content-Length alone.
 """
 
 from __future__ import annotations
 
 import base64
+import email.errors
+import email.parser
+import email.policy
 import errno
 import io
 import json
 import logging
+import math
+import os
 import signal
 import socket
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -33,7 +45,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 from PIL import Image
 
-from .. import runs, tree
+from .. import pretrained, runs, tree
 from ..data.images import IMAGE_SUFFIXES, decode, image_suffix
 from ..errors import BadArgument, BadImage, GzmorphError
 from ..precision import pick_device
@@ -44,6 +56,16 @@ from .tta import check_tta, predict_answers
 log = logging.getLogger("gzmorph")
 
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # far above any galaxy cutout; stops a stray upload from filling memory
+# Uploads admitted at once. Each holds its body (up to MAX_UPLOAD_BYTES) until answered, so this bounds memory, and
+# the wait of the last one admitted is this many images' worth of model time (about a second for gznet on 2 cores).
+QUEUE_LIMIT = 32
+BATCH_LIMIT = 16  # waiting uploads run through the model in one forward pass, at most this many
+# The kernel's queue of connections not yet accepted. The standard library's 5 overflowed at 16 simultaneous
+# clients, and an overflowing listen queue answers with resets; Linux caps it at net.core.somaxconn (4096).
+LISTEN_BACKLOG = 1024
+REQUEST_SECONDS = 60.0  # a client must send its whole request (headers and body) within this (slowloris)
+IDLE_SECONDS = 20.0  # ...and may not go silent for longer than this at any time, while sending or receiving
+LINGER_SECONDS = 2.0  # after an answer given before the body was read, how long the unread body is still drained
 PREVIEW_SIDE = 256  # the page shows the uploaded image at most this many pixels across
 # Pillow modes whose pixels are already display values; others (F, I, I;16: FITS, 16-bit PNG) are raw counts.
 DISPLAY_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
@@ -93,14 +115,148 @@ def _preview(data: bytes, pixels: np.ndarray) -> str:
         return _png_data_url(_upscaled(pixels))
 
 
+class BadUpload(Exception):
+    """The request does not carry an image the way the API takes one (answered 400 with this message)."""
+
+
+def form_file(body: bytes, content_type: str) -> tuple[bytes, str | None]:
+    """The file of a ``multipart/form-data`` body, and its file name: the field ``file``, or else the form's only
+    field that is a file. The standard library's ``email`` parser reads the form (``cgi`` is gone from Python 3.13);
+    the body is already bounded by MAX_UPLOAD_BYTES."""
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
+    form = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not form.is_multipart():
+        raise BadUpload("a multipart/form-data body needs its boundary= in the Content-Type header")
+    if any(isinstance(d, (email.errors.StartBoundaryNotFoundDefect, email.errors.CloseBoundaryNotFoundDefect))
+           for d in form.defects):
+        raise BadUpload("the multipart/form-data body is incomplete (its boundary lines are missing or cut off)")
+    fields = list(form.iter_parts())
+    named = [f for f in fields if f.get_param("name", header="content-disposition") == "file"]
+    files = named or [f for f in fields if f.get_filename() is not None]
+    if len(files) != 1:
+        names = ", ".join(repr(f.get_param("name", header="content-disposition")) for f in fields)
+        raise BadUpload(f"send one image in the form field 'file' (this form has {names or 'no fields'})")
+    data = files[0].get_payload(decode=True)
+    return (data if isinstance(data, bytes) else b""), files[0].get_filename()
+
+
+class Busy(Exception):
+    """Every admission slot is taken: the answer is 503, to be tried again after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int):
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+
+class _Job:
+    __slots__ = ("pixels", "values", "error", "done")
+
+    def __init__(self, pixels: np.ndarray):
+        self.pixels, self.values, self.error, self.done = pixels, None, None, False
+
+
+class InferenceQueue:
+    """Admission and batching in front of a model that must run in one thread at a time.
+
+    :meth:`admit` lets at most ``limit`` requests in at once and refuses the next at once (:class:`Busy`), so a
+    crowd is told to come back rather than piling up threads and bodies. :meth:`run` queues one image; whichever
+    waiting thread gets the model next runs every queued image (oldest first, up to ``batch_limit``) in one call of
+    ``forward`` and hands each its row: no extra thread to start or stop, and a crowd costs fewer, larger passes.
+    """
+
+    def __init__(self, forward, model_lock: threading.Lock, limit: int = QUEUE_LIMIT, batch_limit: int = BATCH_LIMIT):
+        if limit < 1 or batch_limit < 1:
+            raise BadArgument(f"the queue limit and the batch limit must be at least 1, got {limit} and {batch_limit}")
+        self.forward, self.model_lock, self.limit, self.batch_limit = forward, model_lock, limit, batch_limit
+        self.admitted = 0
+        self.seconds_per_image = 1.0  # a guess until the first batch is timed; only used for Retry-After
+        self._lock = threading.Lock()
+        self._waiting: list[_Job] = []
+
+    @contextmanager
+    def admit(self):
+        with self._lock:
+            if self.admitted >= self.limit:
+                raise Busy(self.retry_after())
+            self.admitted += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.admitted -= 1
+
+    def waiting(self) -> int:
+        """Images queued for the model and not yet taken into a batch."""
+        with self._lock:
+            return len(self._waiting)
+
+    def retry_after(self) -> int:
+        """Whole seconds until the queue has most likely drained: what it holds at the measured speed."""
+        return min(60, max(1, math.ceil(self.admitted * self.seconds_per_image)))
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """The model's row for one (S, S, 3) uint8 image, computed in a batch with whatever else is waiting."""
+        job = _Job(pixels)
+        with self._lock:
+            self._waiting.append(job)
+        while not job.done:
+            with self.model_lock:
+                if job.done:  # another thread ran it while this one waited for the model
+                    break
+                with self._lock:
+                    batch = self._waiting[: self.batch_limit]
+                    del self._waiting[: self.batch_limit]
+                self._run_batch(batch)
+        if job.error is not None:
+            raise job.error
+        return job.values
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            values = self.forward(np.stack([job.pixels for job in batch]))
+            for job, row in zip(batch, values):
+                job.values = row
+        except Exception as e:  # noqa: BLE001 - every request in the batch answers 500; the server lives on
+            for job in batch:
+                job.error = e
+        finally:
+            for job in batch:
+                job.done = True
+        self.seconds_per_image = 0.7 * self.seconds_per_image + 0.3 * (time.perf_counter() - started) / len(batch)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's bytes, read with a deadline for the whole request as well as a limit on each silence: a client
+    that sends one byte every few seconds (slowloris) is cut off at the deadline, not kept forever."""
+
+    def __init__(self, sock: socket.socket, seconds: float, idle: float):
+        self.sock, self.deadline, self.idle = sock, time.monotonic() + seconds, idle
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self.sock.settimeout(min(self.idle, left))
+        try:
+            return self.sock.recv_into(buffer)
+        finally:
+            self.sock.settimeout(self.idle)  # the answer is written under the idle limit alone, however late it is
+
+
 class Predictor:
     """One loaded model and what the page needs from it."""
 
     def __init__(self, run: str | Path, which: str = "best", device: str = "auto", tta: int = 8,
                  precision: str = "auto", index: str | Path | None = None, images: str | Path | None = None,
-                 k: int = 8):
+                 k: int = 8, queue_limit: int = QUEUE_LIMIT):
         check_tta(tta)
         self.run = runs.run_folder(run)
+        # What the log and the page call it: the packaged model by its name, not by its unpacked cache folder.
+        self.name = pretrained.NAME if pretrained.is_alias(run) else str(run)
         self.loaded = runs.load_model(self.run, which, pick_device(device), precision)
         if self.loaded.config.task:
             raise BadArgument(f"{self.run} is fine-tuned on its own columns; the page answers the 37 Galaxy Zoo "
@@ -115,14 +271,24 @@ class Predictor:
             features = open_features(index)
             check_same_run(features, self.loaded)
             self.neighbours = (features, Index(features), images, k)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the model, for one thread at a time
+        # Decoding is CPU-bound, so more decodes at once than cores gain nothing, and each may briefly hold a large
+        # image (Pillow refuses only those over twice its 64-megapixel limit): admitted uploads take turns.
+        self._decoding = threading.BoundedSemaphore(len(os.sched_getaffinity(0)))
+        self.queue = InferenceQueue(self._forward, self._lock, queue_limit)
 
     def info(self) -> dict:
         cfg = self.loaded.config
-        return {"run": self.run.name or str(self.run), "model": cfg.model, "weights": self.loaded.weights.name,
+        run = self.name if self.name == pretrained.NAME else (self.run.name or str(self.run))
+        return {"run": run, "model": cfg.model, "weights": self.loaded.weights.name,
                 "sha256": self.loaded.sha256, "tta": self.tta, "crop": self.prep.crop, "size": self.prep.size,
                 "device": str(self.device), "precision": self.loaded.policy.name, "max_upload_bytes": MAX_UPLOAD_BYTES, "suffixes": list(IMAGE_SUFFIXES),
+                "queue_limit": self.queue.limit, "batch_limit": self.queue.batch_limit,
                 "gzmorph_version": __version__}
+
+    def _forward(self, pixels: np.ndarray) -> np.ndarray:
+        """The 37 answers of a batch of images; called by the queue with the model lock held."""
+        return predict_answers(self.loaded, pixels, self.queue.batch_limit, self.tta).astype(np.float64)
 
     def predict(self, data: bytes, name: str) -> dict:
         """Everything the page shows for one uploaded file. Raises :class:`BadImage` (message without the name)."""
@@ -131,11 +297,13 @@ class Predictor:
         with tempfile.TemporaryDirectory(prefix="gzmorph-serve-") as tmp:
             path = Path(tmp) / f"upload{_suffix(name)}"
             path.write_bytes(data)
-            pixels = decode(path, self.prep)
+            with self._decoding:
+                pixels = decode(path, self.prep)
         started = time.perf_counter()
-        with self._lock:
-            values = predict_answers(self.loaded, pixels[None], 8, self.tta)[0].astype(np.float64)
-        log.info("predicted %s in %.2f s", name, time.perf_counter() - started)
+        values = self.queue.run(pixels)
+        log.info("predicted %s in %.2f s (waiting for the model included)", name, time.perf_counter() - started)
+        with self._decoding:
+            preview = _preview(data, pixels)
         shares = tree.answer_shares(values)
         questions = [{"question": q.number, "text": q.text, "parent": q.parent,
                       "reached": float(values[q.slice].sum()),
@@ -148,7 +316,7 @@ class Predictor:
                 "weights_sha256": self.loaded.sha256, "tta": self.tta, "columns": list(tree.COLUMNS),
                 "values": [float(v) for v in values],
                 "path": [step.as_dict() for step in tree.most_likely_path(values)],
-                "questions": questions, "preview": _preview(data, pixels),
+                "questions": questions, "preview": preview,
                 "input_preview": _png_data_url(_upscaled(pixels))}
 
 
@@ -177,7 +345,38 @@ class Predictor:
 class Handler(BaseHTTPRequestHandler):
     server: "GzmorphServer"
     server_version = f"gzmorph/{__version__}"
-    timeout = 120  # seconds a client may stall mid-request before its connection (and thread) is dropped
+    timeout = IDLE_SECONDS  # set on the socket by setup(): a client silent this long is dropped, with its thread
+
+    def setup(self) -> None:
+        super().setup()
+        plain = self.rfile
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self.server.request_seconds, self.timeout))
+        plain.close()
+        self.body_unread = False  # an answer sent before the body was read: finish() drains it
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if self.body_unread:
+                self._linger()
+
+    def _linger(self) -> None:
+        """Drop what the client is still sending, for a moment, before the connection closes. A socket closed with
+        unread bytes makes the kernel send a reset, and a client still sending its body would then see 'connection
+        reset by peer' instead of the 413 or 503 already sent to it."""
+        deadline = time.monotonic() + LINGER_SECONDS
+        dropped = 0
+        try:
+            self.connection.shutdown(socket.SHUT_WR)  # the answer is complete: the client sees its end
+            while dropped <= MAX_UPLOAD_BYTES and (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                chunk = self.connection.recv(65536)
+                if not chunk:
+                    break
+                dropped += len(chunk)
+        except OSError:  # gone, reset or silent: nothing more to wait for
+            pass
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's signature
         log.debug("%s %s", self.address_string(), format % args)
@@ -234,25 +433,47 @@ class Handler(BaseHTTPRequestHandler):
     def _info(self) -> None:
         self._json(HTTPStatus.OK, self.server.predictor.info())
 
+    def _refuse_unread(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        """Answer before the body is read, then close: an unread body must not be taken for the next request."""
+        self.close_connection = True
+        self.body_unread = True
+        self._error(status, message, {**(headers or {}), "Connection": "close"})
+
     def _predict(self) -> None:
         name = Path(unquote(self.headers.get("X-Filename", "") or "upload")).name or "upload"
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            # Answer before reading: an unread body must not be taken for the next request.
-            self.close_connection = True
-            self._error(HTTPStatus.LENGTH_REQUIRED, f"{name}: send the image as the request body, with a "
-                                                    f"Content-Length header", {"Connection": "close"})
+        length = self.headers.get("Content-Length", "").strip()
+        if not length.isdigit():
+            self._refuse_unread(HTTPStatus.LENGTH_REQUIRED, f"{name}: send the image as the request body (or a "
+                                                            f"multipart/form-data form), with a Content-Length header")
             return
         if int(length) > MAX_UPLOAD_BYTES:
-            self.close_connection = True
-            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                        f"{name}: {int(length) / 2**20:.1f} MB is more than the {MAX_UPLOAD_BYTES // 2**20} MB "
-                        f"this page accepts", {"Connection": "close"})
+            self._refuse_unread(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                f"{name}: {int(length) / 2**20:.1f} MB is more than the "
+                                f"{MAX_UPLOAD_BYTES // 2**20} MB this page accepts")
             return
-        data = self.rfile.read(int(length))
+        queue = self.server.predictor.queue
         try:
-            result = self.server.predictor.predict(data, name)
-        except BadImage as e:
+            with queue.admit():
+                body = self.rfile.read(int(length))
+                if len(body) < int(length):
+                    self._error(HTTPStatus.BAD_REQUEST, f"{name}: the upload ended after {len(body)} of the "
+                                                        f"{int(length)} bytes its Content-Length announced")
+                    return
+                kind = self.headers.get("Content-Type", "")
+                if kind.lower().startswith("multipart/form-data"):
+                    body, filename = form_file(body, kind)
+                    name = Path(filename).name if filename else name
+                result = self.server.predictor.predict(body, name)
+        except Busy as e:
+            self._refuse_unread(HTTPStatus.SERVICE_UNAVAILABLE,
+                                f"{name}: the server is busy ({queue.limit} uploads are being answered); try again "
+                                f"in {e.retry_after} s", {"Retry-After": str(e.retry_after)})
+            return
+        except TimeoutError:
+            self._refuse_unread(HTTPStatus.REQUEST_TIMEOUT, f"{name}: the upload did not arrive within "
+                                                            f"{self.server.request_seconds:g} s")
+            return
+        except (BadImage, BadUpload) as e:
             self._error(HTTPStatus.BAD_REQUEST, f"{name}: {e}")
             return
         self._json(HTTPStatus.OK, result)
@@ -263,11 +484,13 @@ class GzmorphServer(ThreadingHTTPServer):
 
     # Never share a port with another listener: a second server on the same port must fail, not split the traffic.
     allow_reuse_port = False
+    request_queue_size = LISTEN_BACKLOG
     allowed = {"/": "GET, HEAD", "/index.html": "GET, HEAD", "/api/info": "GET, HEAD", "/api/predict": "POST"}
 
     def __init__(self, address: tuple[str, int], predictor: Predictor, page: bytes):
         self.predictor = predictor
         self.page = page
+        self.request_seconds = REQUEST_SECONDS
         if ":" in address[0]:  # an IPv6 address such as :: or ::1
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
@@ -280,13 +503,13 @@ class GzmorphServer(ThreadingHTTPServer):
 
 def make_server(run: str | Path, host: str = "127.0.0.1", port: int = 8000, which: str = "best",
                 device: str = "auto", tta: int = 8, precision: str = "auto", index: str | Path | None = None,
-                images: str | Path | None = None) -> GzmorphServer:
+                images: str | Path | None = None, queue_limit: int = QUEUE_LIMIT) -> GzmorphServer:
     """Load ``run``'s model and bind ``host:port`` (0 = a free port; the bound one is ``server.server_address[1]``).
-    Nothing is served until ``serve_forever()``."""
+    Nothing is served until ``serve_forever()``. ``queue_limit``: uploads admitted at once; the next gets 503."""
     if not 0 <= port <= 65535:
         raise BadArgument(f"--port must be between 0 and 65535, got {port}")
     page = _page()
-    predictor = Predictor(run, which, device, tta, precision, index, images)
+    predictor = Predictor(run, which, device, tta, precision, index, images, queue_limit=queue_limit)
     try:
         return GzmorphServer((host, port), predictor, page)
     except socket.gaierror as e:
@@ -304,13 +527,16 @@ def make_server(run: str | Path, host: str = "127.0.0.1", port: int = 8000, whic
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, which: str = "best", device: str = "auto",
           tta: int = 8, precision: str = "auto", index: str | Path | None = None,
-          images: str | Path | None = None) -> None:
-    """Serve the page for ``run`` until Ctrl-C."""
-    server = make_server(run, host, port, which, device, tta, precision, index, images)
+          images: str | Path | None = None, queue_limit: int = QUEUE_LIMIT) -> None:
+    """Serve the page for ``run`` (None or ``pretrained``: the model inside gzmorph) until Ctrl-C."""
+    server = make_server(run, host, port, which, device, tta, precision, index, images, queue_limit)
     if threading.current_thread() is threading.main_thread():
         # `kill` (SIGTERM, what service managers send) stops it as cleanly as Ctrl-C does.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-    print(f"serving {run} ({server.predictor.loaded.config.model}) at {server.url} — Ctrl-C to stop", flush=True)
+    what = server.predictor.name
+    what = f"the packaged model {what}" if what == pretrained.NAME else what
+    print(f"serving {what} ({server.predictor.loaded.config.model}) at {server.url}, answering "
+          f"{server.predictor.queue.limit} uploads at a time — Ctrl-C to stop", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -4,14 +4,29 @@ list, weights and settings, each shard once, and the row counts their ``.json`` 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import BadArgument, BadData
 from ..fsio import atomic_write, atomic_write_json, check_output_file
+
+
+@dataclass
+class PredictionSummary:
+    """What a prediction job (or a merge of its shards) wrote."""
+
+    out: Path
+    n_predicted: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    model_sha256: str = ""
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n_predicted / self.seconds if self.seconds else 0.0
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -31,13 +46,6 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
 def shard_slice(n_items: int, i: int, n: int) -> slice:
     """The I-th of N contiguous, nearly equal slices: concatenating the shards in order gives the whole list."""
     return slice(i * n_items // n, (i + 1) * n_items // n)
-
-
-def inputs_digest(paths: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(f"{p}\n".encode())
-    return h.hexdigest()
 
 
 def shard_part_path(out: Path, i: int, n: int) -> Path:
@@ -82,20 +90,28 @@ def check_parts(parts: Sequence[str | Path], out: Path, what: str,
 
 
 def merge_shards(parts: Sequence[str | Path], out: str | Path) -> PredictionSummary:
-    """Join the CSVs of ``predict --shard I/N`` (any order given) into one submission, in shard order.
+    """Join the tables of ``predict --shard I/N`` (any order given) into one, in shard order, in the format of
+    ``out``'s suffix (the parts' own: CSV, Parquet or FITS).
 
-    Refused unless the parts are exactly shards 0..N-1 of the same image list, predicted with the same weights and
-    TTA (each part's ``.json`` records these); nothing is written then. Streams: constant memory for any size.
+    Refused unless the parts are exactly shards 0..N-1 of the same image list, predicted with the same weights,
+    TTA and columns (each part's ``.json`` records these); nothing is written then. CSV and Parquet stream: constant
+    memory for any size.
     """
+    from .table_writer import TableWriter, output_format
+
     out = check_output_file(out, "submission.csv")
+    suffix = output_format(out)
     infos = check_parts(parts, out, "predict", (("weights_sha256", "weights"), ("tta", "--tta settings"),
-                                                 ("precision", "--precision settings")))
-    with open(infos[0][0], newline="") as f:
-        header = f.readline().rstrip("\r\n")  # the Kaggle header, or a fine-tuned run's columns
+                                                 ("precision", "--precision settings"), ("columns", "--columns")))
+    wrong = [str(p) for p, _ in infos if p.suffix.lower() != suffix]
+    if wrong:
+        raise BadArgument(f"the parts are not {suffix} files like {out} ({wrong[0]}); merge into the parts' own format")
     n_rows = 0
 
-    def write(tmp: Path) -> None:
+    def write_csv(tmp: Path) -> None:
         nonlocal n_rows
+        with open(infos[0][0], newline="") as f:
+            header = f.readline().rstrip("\r\n")  # the Kaggle header, the named table's, or a fine-tuned run's
         with open(tmp, "w", newline="") as dst:
             dst.write(header + "\n")
             for p, _ in infos:
@@ -106,21 +122,47 @@ def merge_shards(parts: Sequence[str | Path], out: str | Path) -> PredictionSumm
                         if line.strip():
                             dst.write(line if line.endswith("\n") else line + "\n")
                             n_rows += 1
+
+    def write_table(tmp: Path) -> None:
+        nonlocal n_rows
+        from .answer_table import describe
+
+        writer = TableWriter(tmp, suffix, describe)
+        try:
+            for p, _ in infos:
+                frame = read_table(p)
+                writer.write(frame)
+                n_rows += len(frame)
+        finally:
+            writer.close()
+
+    def write(tmp: Path) -> None:
+        (write_csv if suffix == ".csv" else write_table)(tmp)
         expected = sum(info["n_predicted"] for _, info in infos)
         if n_rows != expected:  # a part edited or cut short after it was written; raised before `out` is replaced
-            raise BadData(f"the parts hold {n_rows} rows but their .json files record {expected}; "
-                               f"re-predict them")
+            raise BadData(f"the parts hold {n_rows} rows but their .json files record {expected}; re-predict them")
 
     atomic_write(out, write)
     skipped = [(s["path"], s["why"]) for _, info in infos for s in info["skipped"]]
     first = infos[0][1]
     atomic_write_json(Path(f"{out}.json"), {
         **{k: first[k] for k in ("run", "weights", "weights_sha256", "gzmorph_version", "torch_version", "tta",
-                                   "precision", "runtime") if k in first},
-        "csv": str(out), "n_predicted": n_rows, "n_skipped": len(skipped),
+                                   "precision", "runtime", "format", "columns", "source") if k in first},
+        "table": str(out), "n_predicted": n_rows, "n_skipped": len(skipped),
         "skipped": [{"path": p, "why": w} for p, w in skipped], "seconds": max(i["seconds"] for _, i in infos),
         "shard": None, "merged_from": [str(p) for p, _ in infos], "n_inputs": first["n_inputs_all_shards"],
         "n_inputs_all_shards": first["n_inputs_all_shards"], "inputs_sha256": first["inputs_sha256"]})
-    from .predict import PredictionSummary
-
     return PredictionSummary(out, n_rows, skipped, max(i["seconds"] for _, i in infos), first["weights_sha256"])
+
+
+def read_table(path: Path):
+    """A Parquet or FITS table written by ``predict``, as a pandas DataFrame (text columns as text)."""
+    import pandas as pd
+
+    if path.suffix.lower() == ".parquet":
+        return pd.read_parquet(path)
+    from astropy.table import Table
+
+    table = Table.read(path, format="fits", character_as_bytes=False)
+    return pd.DataFrame({name: table[name].data.tolist() if table[name].dtype.kind in "US" else table[name].data
+                         for name in table.colnames})

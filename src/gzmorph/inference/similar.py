@@ -218,10 +218,9 @@ def top_answers(values: np.ndarray, steps: int = 3) -> list[str]:
             for s in tree.most_likely_path(values)[:steps]]
 
 
-def draw(features: FeatureSet, found: Neighbours, out: str | Path, query_image: np.ndarray | None = None,
-         images: str | Path | None = None) -> Path:
-    """The gallery PNG: the query first, then its neighbours with their similarity and most likely answers."""
-    from .gallery import DISPLAY_SIDE, plot_grid
+def _picture_and_lines(features: FeatureSet, images: str | Path | None):
+    """(picture of a row, its most likely answers as gallery lines): what every gallery panel of features shows."""
+    from .gallery import DISPLAY_SIDE
 
     crop = features.meta["crop"]
     display = Preprocess(crop, min(DISPLAY_SIDE, crop))
@@ -233,18 +232,43 @@ def draw(features: FeatureSet, found: Neighbours, out: str | Path, query_image: 
         try:
             return decode(path, display)
         except BadImage as e:
-            raise BadData(f"{path}: {e} (the neighbour's image; pass --images DIR where the images are now)") from None
+            raise BadData(f"{path}: {e} (the galaxy's image; pass --images DIR where the images are now)") from None
 
     def lines(row: int | None) -> list[tuple[str, bool]]:
         if row is None or features.answers is None:
             return []
         return [(t, True) for t in top_answers(features.answers[row])]
 
+    return picture, lines
+
+
+def _caption(features: FeatureSet) -> str:
+    return (f"features of {features.meta['model']} ({features.meta['weights_sha256'][:12]}...), cosine similarity; "
+            f"lines: the run's most likely answers")
+
+
+def draw(features: FeatureSet, found: Neighbours, out: str | Path, query_image: np.ndarray | None = None,
+         images: str | Path | None = None) -> Path:
+    """The gallery PNG: the query first, then its neighbours with their similarity and most likely answers."""
+    from .gallery import plot_grid
+
+    picture, lines = _picture_and_lines(features, images)
     q = found.query_row
     panels = [{"id": found.query, "title": f"query {features.ids[q] if q is not None else Path(found.query).name}",
                "image": query_image if q is None else picture(q), "lines": lines(q)}]
     panels += [{"id": features.ids[r], "title": f"{features.ids[r]}   cosine {s:.3f}", "image": picture(r),
                 "lines": lines(r)} for r, s in zip(found.rows, found.similarities)]
     return plot_grid(panels, f"the {len(found.rows)} galaxies most like {panels[0]['title'][6:]} of {len(features)}",
-                     f"features of {features.meta['model']} ({features.meta['weights_sha256'][:12]}...), cosine "
-                     f"similarity; lines: the run's most likely answers", Path(out))
+                     _caption(features), Path(out))
+
+
+def draw_oddest(features: FeatureSet, rows: np.ndarray, distance: np.ndarray, out: str | Path,
+                images: str | Path | None = None) -> Path:
+    """The gallery PNG of ``oddest``'s galaxies, oddest first, with their distance to their neighbours."""
+    from .gallery import plot_grid
+
+    picture, lines = _picture_and_lines(features, images)
+    panels = [{"id": features.ids[r], "title": f"{features.ids[r]}   distance {d:.3f}", "image": picture(r),
+               "lines": lines(r)} for r, d in zip(rows, distance)]
+    return plot_grid(panels, f"the {len(rows)} galaxies farthest from their {ODD_K} nearest neighbours, of "
+                             f"{len(features)}", _caption(features), Path(out))

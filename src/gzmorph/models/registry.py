@@ -9,13 +9,16 @@ centre ``crop`` x ``crop`` pixels of the 424 px original, resized to ``size`` x 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from torch import nn
 
 from ..errors import BadArgument
 from ..tree import N_OUTPUTS
 from .net import Net
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -72,3 +75,8 @@ def create_model(name: str, head: str | None = None, n_outputs: int = N_OUTPUTS,
 
 def list_models() -> list[str]:
     return sorted(MODELS)
+
+
+def resolve_recipe(cfg: "TrainConfig") -> "TrainConfig":
+    """``cfg`` with every recipe value it leaves open (None) filled from its model's defaults, then checked."""
+    return cfg.with_recipe(get_spec(cfg.model).defaults)

@@ -5,7 +5,8 @@ checked against the SHA-256 its card records and unpacked once into an ordinary 
 (``$GZMORPH_CACHE/pretrained/<sha>``: config.json, float32 best.safetensors, train_mean.json, metrics.csv), so every
 command that reads a run reads it the same way. Nothing is downloaded: the file ships in the wheel.
 
-``benchmarks/pretrained.py`` trains it and calls :func:`package`.
+``benchmarks/pretrained.py`` trains it and calls ``gzmorph.pretrained.package.package``, which writes the weights and
+their card into this folder.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ FOLDER = Path(__file__).resolve().parent
 NAME = "gznet-gz2"
 WEIGHTS = FOLDER / f"{NAME}.safetensors"
 CARD = FOLDER / f"{NAME}.json"
+# Its interval calibration (gzmorph.inference.calibration), made by benchmarks/uncertainty.py --package; read in
+# place, like the card.
+CALIBRATION = FOLDER / f"{NAME}.calibration.json"
 ALIASES = ("pretrained", NAME)
 
 
@@ -38,17 +42,18 @@ def card() -> dict:
 
 def run_folder() -> Path:
     """The packaged model as a run folder (unpacked on first use, after its SHA-256 is checked)."""
-    from .. import runs
+    from .. import run_layout
     from ..data.cache import default_cache_dir
     from ..errors import BadRun
 
     info = card()
-    sha = runs.file_sha256(WEIGHTS)
+    sha = run_layout.file_sha256(WEIGHTS)
     if sha != info["sha256"]:
         raise BadRun(f"{WEIGHTS}: its SHA-256 is {sha[:16]}..., but its card records {info['sha256'][:16]}...; the "
                      f"file is damaged or was replaced: reinstall gzmorph")
-    folder = default_cache_dir() / "pretrained" / sha[:16]
-    if (folder / runs.BEST).is_file() and (folder / runs.CONFIG).is_file():
+    # "-2": copies unpacked before they recorded the packaged file's path are unpacked again
+    folder = default_cache_dir() / "pretrained" / f"{sha[:16]}-2"
+    if (folder / run_layout.BEST).is_file() and (folder / run_layout.CONFIG).is_file():
         return folder
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -67,53 +72,12 @@ def run_folder() -> Path:
 def _unpack(info: dict, folder: Path) -> None:
     from safetensors.torch import load_file, save_file
 
-    from .. import runs
+    from .. import run_layout
 
     tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(WEIGHTS)).items()}
-    save_file(tensors, str(folder / runs.BEST), metadata={"source": WEIGHTS.name, "sha256": info["sha256"]})
-    (folder / runs.CONFIG).write_text(json.dumps({"gzmorph_version": info["gzmorph_version"],
+    save_file(tensors, str(folder / run_layout.BEST), metadata={"source": WEIGHTS.name, "sha256": info["sha256"],
+                                                          "source_path": str(WEIGHTS)})
+    (folder / run_layout.CONFIG).write_text(json.dumps({"gzmorph_version": info["gzmorph_version"],
                                                   "train": info["config"], "pretrained": NAME}, indent=2))
-    (folder / runs.TRAIN_MEAN).write_text(json.dumps(info["train_mean"], indent=2))
-    runs.write_metrics(folder, info["history"])
-
-
-def package(run: str | Path, data: str | Path, *, train_seconds: float, machine: dict, command: str) -> dict:
-    """Score ``run``'s last weights on the test split of ``data`` and write them (float16) with their card into
-    this folder. Returns the card."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from .. import runs, tree
-    from ..inference.evaluate import evaluate
-    from ..version import __version__
-
-    run = Path(run)
-    cfg = runs.read_config(run)
-    scores = {}
-    for tta in (1, 8):
-        result = evaluate(run, data, "test", which="last", tta=tta, write=False, progress=False)
-        scores[f"tta{tta}"] = {"rmse": result["rmse"], "per_question": result["per_question"]}
-    scores["baseline"] = result["baseline"]
-    scores["n_galaxies"] = result["n_galaxies"]
-    half = {k: (v.half() if v.is_floating_point() else v).contiguous()
-            for k, v in load_file(str(run / runs.LAST)).items()}
-    tmp = WEIGHTS.with_suffix(".tmp")
-    save_file(half, str(tmp), metadata={"model": cfg.model, "gzmorph_version": __version__})
-    os.replace(tmp, WEIGHTS)
-    history = runs.read_metrics(run)
-    mean = runs.read_train_mean(run)
-    info = {
-        "name": NAME, "file": WEIGHTS.name, "bytes": WEIGHTS.stat().st_size, "sha256": runs.file_sha256(WEIGHTS),
-        "gzmorph_version": __version__, "torch_version": torch.__version__, "command": command,
-        "config": cfg.to_dict(), "train_mean": dict(zip(tree.COLUMNS, map(float, mean))), "history": history,
-        "train_minutes": train_seconds / 60, "machine": machine,
-        "data": "the shared Kaggle sample: train + valid splits (6,378 fully labelled galaxies) and the 4,000 "
-                "partially labelled ones; never the test split",
-        "test": scores,
-        "limits": "Trained on SDSS colour JPEGs in the Kaggle framing (424 px cutouts, galaxy centred, about 0.4 arcsec "
-                  "per pixel): other surveys, bands, depths or framings are outside what it saw; fine-tune on your "
-                  "own labels there. Its answers are Galaxy Zoo 2 volunteer vote fractions, not classes.",
-    }
-    CARD.write_text(json.dumps(info, indent=2) + "\n")
-    return info
-
+    (folder / run_layout.TRAIN_MEAN).write_text(json.dumps(info["train_mean"], indent=2))
+    run_layout.write_metrics(folder, info["history"])

@@ -8,6 +8,7 @@ a run resumed from its epoch-``e`` checkpoint continues exactly as the uninterru
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import time
@@ -23,12 +24,13 @@ from ..data.batches import batch_indices, to_input
 from ..data.images import Preprocess
 from ..config import MIN_FINETUNE_STEPS
 from ..data.labelled import LabelledImages, describe, load_labelled, load_user_labelled, masked_mean, without_questions
-from ..errors import BadRun, GzmorphError
-from ..fsio import ensure_writable_dir
+from ..errors import BadData, BadRun, GzmorphError
+from ..fsio import atomic_write_json, ensure_writable_dir
 from ..inference.tta import predict_array
 from ..metrics import rmse
-from ..models import get_spec
+from ..models import get_spec, resolve_recipe
 from ..precision import Policy, resolve
+from .. import task_metrics
 from . import distributed
 from .augment import augment_batch, get_augment
 from .average import WeightAverage
@@ -57,7 +59,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         raise BadRun(f"{run} already holds a trained run; continue it with --resume {run}, or choose another --out")
     else:
         cfg = _with_init_and_task(cfg)
-    cfg = cfg.resolved()
+    cfg = resolve_recipe(cfg)
     ensure_writable_dir(run)
     cluster = distributed.from_env()
     torch.set_num_threads(distributed.cpu_share(cluster, cfg.threads))
@@ -105,6 +107,8 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster
         cfg = replace(cfg, epochs=max(10, math.ceil(MIN_FINETUNE_STEPS / math.ceil(len(train_set) / cfg.batch_size))))
     parts = _build(cfg, policy, resume)
     state = _start(cfg, run, parts, train_set, resume, main)
+    # What a model that learnt nothing would answer: each task column is scored beside it every epoch.
+    train_mean = masked_mean(train_set.catalogue)
     if state.stopped_early:
         log.info("%s stopped early after epoch %d (no better valid RMSE for %d epochs); nothing to resume",
                  run, state.epoch, cfg.patience)
@@ -122,11 +126,18 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster
         loss_sum, sq_sum, known_sum = _train_epoch(cfg, epoch, model, parts, train_set, cluster, policy, progress)
         # Every process scores the whole valid split with identical weights, so all agree on the best epoch and on
         # stopping early without exchanging a message.
-        valid_loss, valid_rmse = _validate(parts.scored, valid_set, cfg, max(256, cfg.batch_size), policy)
+        valid_loss, valid_rmse, valid_pred = _validate(parts.scored, valid_set, cfg, max(256, cfg.batch_size),
+                                                       policy)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / known_sum, "train_rmse": math.sqrt(sq_sum / known_sum),
                "valid_loss": valid_loss, "valid_rmse": valid_rmse, "lr": parts.optimizer.param_groups[0]["lr"],
                "seconds": time.perf_counter() - started}
-        _record(cfg, run, state, row, parts, main)
+        summary = ""
+        if cfg.task:
+            cat = valid_set.catalogue
+            report = task_metrics.task_report(runs.task_of(cfg), valid_pred, cat.labels, cat.mask, train_mean)
+            row.update(task_metrics.epoch_scores(report))
+            summary = task_metrics.one_line(report)
+        _record(cfg, run, state, row, parts, main, summary)
         if state.stopped_early:
             if main:
                 log.info("stopping early: no better valid RMSE for %d epochs (best %.4f at epoch %d)",
@@ -134,6 +145,8 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster
             break
     if state.epoch >= cfg.epochs and main:
         runs.write_metrics(run, state.history)
+    if cfg.task and main:
+        _report_held_out(cfg, run, valid_set, train_mean, policy, state.best_epoch)
     distributed.barrier(cluster)  # nobody returns (and reads the run) before rank 0 has written it
     return run
 
@@ -156,14 +169,65 @@ def _load_data(cfg: TrainConfig, cluster: distributed.Cluster, policy: Policy, p
         train_set, valid_set = (without_questions(s, cfg.mask_questions) for s in (train_set, valid_set))
     if cfg.train_on_valid:
         train_set = LabelledImages.concat([train_set, valid_set])
+    if cfg.labels:
+        _check_every_class_is_trained(cfg, train_set)
     if cluster.is_main:
         log.info("train: %s; valid: %s%s", describe(train_set.catalogue), describe(valid_set.catalogue),
                  " (also trained on)" if cfg.train_on_valid else "")
+        if cfg.labels:
+            _log_task_data(cfg, train_set, valid_set)
         if cluster.enabled:
             log.info("data parallel over %d processes (%s): %d galaxies of each batch of %d per process",
                      cluster.world, policy.device.type,
                      math.ceil(cfg.batch_size / cluster.world), cfg.batch_size)
     return train_set, valid_set
+
+
+def _class_counts(cat, column, sl: slice) -> dict[str, int]:
+    known = cat.mask[:, sl.start]
+    return dict(zip(column.classes, map(int, cat.labels[known, sl].sum(axis=0).round())))
+
+
+def _check_every_class_is_trained(cfg: TrainConfig, train_set: LabelledImages) -> None:
+    """A class with no training galaxy (a split column that holds all of them out) can never be predicted."""
+    task = runs.task_of(cfg)
+    for col, sl in zip(task.columns, task.slices()):
+        if col.kind != "classes":
+            continue
+        absent = [c for c, n in _class_counts(train_set.catalogue, col, sl).items() if n == 0]
+        if absent:
+            raise BadData(f"{cfg.labels}, column {col.name}: class {absent[0]!r} has no galaxy in the train split "
+                          f"(all are held out for validation); put some of them in train")
+
+
+def _has_split_column(labels: str) -> bool:
+    with open(labels, newline="", encoding="utf-8-sig") as f:
+        return "split" in [h.strip() for h in next(csv.reader(f), [])]
+
+
+def _log_task_data(cfg: TrainConfig, train_set: LabelledImages, valid_set: LabelledImages) -> None:
+    """What the user's columns hold, said before any training: how many galaxies are held out, and each class
+    column's balance (a 90/10 column makes 90% accuracy worthless)."""
+    n_valid, n_all = len(valid_set), len(train_set) + len(valid_set) - (len(valid_set) if cfg.train_on_valid else 0)
+    chosen = "by the label file's split column" if _has_split_column(cfg.labels) else \
+        f"drawn at random: --valid-fraction {cfg.valid_fraction}, --seed {cfg.seed}; a split column in the label " \
+        f"file would choose them"
+    log.info("%d of %d galaxies held out for validation (%s)%s", n_valid, n_all, chosen,
+             "; also trained on (--train-on-valid), so no score below is held out" if cfg.train_on_valid else "")
+    task = runs.task_of(cfg)
+    for col, sl in zip(task.columns, task.slices()):
+        if col.kind == "classes":
+            train, valid = (_class_counts(s.catalogue, col, sl) for s in (train_set, valid_set))
+            log.info("class balance of %s: train %s; valid %s", col.name,
+                     ", ".join(f"{c} {n}" for c, n in train.items()), ", ".join(f"{c} {n}" for c, n in valid.items()))
+            if sum(1 for n in valid.values() if n) < 2:
+                log.warning("WARNING: the valid galaxies of %s are all of one class: its held-out scores cannot show "
+                            "whether the model tells the classes apart", col.name)
+        else:
+            known = train_set.catalogue.mask[:, sl.start]
+            values = train_set.catalogue.labels[known, sl.start] * col.std + col.mean
+            log.info("%s (%s): %d train values, mean %.4g, standard deviation %.4g (the RMSE of predicting the "
+                     "mean)", col.name, col.kind, len(values), values.mean(), values.std())
 
 
 def _build(cfg: TrainConfig, policy: Policy, resume: bool) -> _Parts:
@@ -293,15 +357,45 @@ def _loss(cfg: TrainConfig, pred: torch.Tensor, target: torch.Tensor, mask: torc
 
 
 def _validate(model: torch.nn.Module, data: LabelledImages, cfg: TrainConfig, batch_size: int, policy: Policy
-              ) -> tuple[float, float]:
-    """(masked loss, RMSE over the known outputs) of ``model`` on ``data``."""
+              ) -> tuple[float, float, np.ndarray]:
+    """(masked loss, RMSE over the known outputs, the outputs themselves) of ``model`` on ``data``."""
     pred = predict_array(model, data.pixels, batch_size, policy)
     cat = data.catalogue
     loss = float(_loss(cfg, torch.from_numpy(pred), torch.from_numpy(cat.labels), torch.from_numpy(cat.mask)))
-    return loss, rmse(pred, cat.labels, cat.mask)
+    return loss, rmse(pred, cat.labels, cat.mask), pred
 
 
-def _record(cfg: TrainConfig, run: Path, state: runs.Progress, row: dict, parts: _Parts, main: bool) -> None:
+def loss_name(cfg: TrainConfig) -> str:
+    """The loss a run trains, as its logs and plots name it (a fine-tuning task names its own)."""
+    task = runs.task_of(cfg)
+    return task.loss_name(cfg.loss or "mse") if task else cfg.loss
+
+
+def held_out_report_path(run: Path) -> Path:
+    return run / "eval-valid.json"
+
+
+def _report_held_out(cfg: TrainConfig, run: Path, valid_set: LabelledImages, train_mean: np.ndarray,
+                     policy: Policy, best_epoch: int) -> None:
+    """The best weights scored on the held-out galaxies, column by column beside the baseline: logged, with a
+    WARNING for every column the model has not learnt, and written to RUN/eval-valid.json (what `plot` draws)."""
+    loaded = runs.load_model(run, "best", policy.device, policy.name)
+    pred = predict_array(loaded.model, valid_set.pixels, max(256, cfg.batch_size), loaded.policy)
+    cat = valid_set.catalogue
+    report = task_metrics.task_report(runs.task_of(cfg), pred, cat.labels, cat.mask, train_mean)
+    atomic_write_json(held_out_report_path(run), task_metrics.json_ready({
+        "run": str(run), "model": cfg.model, "weights": loaded.weights.name, "weights_sha256": loaded.sha256,
+        "best_epoch": best_epoch, "labels": cfg.labels, "split": "valid", "n_galaxies": int(len(cat)),
+        "held_out": not cfg.train_on_valid, "loss": loss_name(cfg), "columns": report}))
+    log.info("the best weights (epoch %d) on the %d %s galaxies:\n%s", best_epoch, len(cat),
+             "valid (also trained on)" if cfg.train_on_valid else "held-out", task_metrics.format_report(report))
+    for line in task_metrics.warnings(report):
+        log.warning("WARNING: %s", line)
+    log.info("wrote %s", held_out_report_path(run))
+
+
+def _record(cfg: TrainConfig, run: Path, state: runs.Progress, row: dict, parts: _Parts, main: bool,
+            summary: str = "") -> None:
     """Add the epoch's row to the progress, decide on the best epoch and early stopping, and (rank 0) write the
     weight files, the checkpoint and the metrics."""
     epoch = row["epoch"]
@@ -322,6 +416,11 @@ def _record(cfg: TrainConfig, run: Path, state: runs.Progress, row: dict, parts:
     runs.save_weights(run / runs.LAST, parts.scored, meta)
     runs.save_checkpoint(run, parts.net, parts.optimizer, state, parts.average)
     runs.write_metrics(run, state.history)
+    if summary:  # a fine-tuning task: its own loss and scores; an RMSE over class probabilities would say little
+        name = loss_name(cfg)
+        log.info("epoch %d/%d  train %s %.4f  valid %s %.4f  valid %s  (%.0f s)", epoch, cfg.epochs, name,
+                 row["train_loss"], name, row["valid_loss"], summary, row["seconds"])
+        return
     log.info("epoch %d/%d  train loss %.4f  train RMSE %.4f  valid RMSE %.4f  (%.0f s)", epoch, cfg.epochs,
              row["train_loss"], row["train_rmse"], row["valid_rmse"], row["seconds"])
 

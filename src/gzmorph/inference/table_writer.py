@@ -1,0 +1,129 @@
+"""Answer tables to files, in the format ``-o``'s suffix names: ``.csv``, ``.parquet`` (pyarrow) or ``.fits`` (an
+astropy binary table with a description of every column in its header, as TOPCAT reads them).
+
+CSV and Parquet are written in pieces as the galaxies are predicted, so millions of rows need constant memory.
+A FITS table's header holds its row count, so its rows are kept until the end (about 0.4 kB a galaxy for the
+named table): for millions of galaxies write Parquet or CSV, or shard the job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BadArgument, GzmorphError
+
+FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".fits": "FITS binary table"}
+FLOAT_FORMAT = "%.6f"  # Kaggle's submissions and gzmorph's CSVs have always had 6 decimals
+
+
+def output_format(out: str | Path) -> str:
+    """The suffix of ``out`` that picks its format, or one clear error naming those there are."""
+    suffix = Path(out).suffix.lower()
+    if suffix not in FORMATS:
+        raise BadArgument(f"{out}: unknown output format {suffix or '(no suffix)'!r}; end the file name with one of "
+                          + ", ".join(f"{s} ({name})" for s, name in FORMATS.items()))
+    if suffix == ".parquet":
+        _need("pyarrow", "parquet")
+    if suffix == ".fits":
+        _need("astropy", "fits")
+    return suffix
+
+
+def _need(module: str, extra: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise GzmorphError(f"writing {extra.upper() if extra == 'fits' else extra.capitalize()} needs {module}: "
+                           f"pip install 'gzmorph[{extra}]' (or write a .csv)")
+
+
+class TableWriter:
+    """``write(frame)`` piece after piece (pandas DataFrames with the same columns), then ``close()``."""
+
+    def __init__(self, path: Path, suffix: str, describe=None, *, append: bool = False):
+        """``append`` (CSV only): continue a file that a killed job began (its header is there if it has bytes)."""
+        self.path, self.suffix, self.describe = Path(path), suffix, describe or (lambda column: "")
+        self.rows = 0
+        self._parquet = None
+        self._pieces: list = []
+        self._csv = open(self.path, "a" if append else "w", newline="") if suffix == ".csv" else None
+        self._header_done = append and self.path.stat().st_size > 0
+
+    def flush(self) -> None:
+        if self._csv is not None:
+            self._csv.flush()
+
+    def write(self, frame) -> None:
+        if self.suffix == ".csv":
+            frame = _keep_catalogue_digits(frame)
+            frame.to_csv(self._csv, index=False, header=not self._header_done, float_format=FLOAT_FORMAT,
+                         lineterminator="\n")
+            self._header_done = True
+        elif self.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(str(self.path), table.schema)
+            self._parquet.write_table(table.cast(self._parquet.schema))
+        else:
+            self._pieces.append(frame)
+        self.rows += len(frame)
+
+    def write_header_only(self, frame) -> None:
+        """An empty job (a shard holding no images) still gets a file with the columns."""
+        if not self._header_done and self.suffix == ".csv":
+            frame.iloc[:0].to_csv(self._csv, index=False, lineterminator="\n")
+            self._header_done = True
+        elif self.suffix == ".parquet" and self._parquet is None:
+            self.write(frame.iloc[:0])
+        elif self.suffix == ".fits" and not self._pieces:
+            self._pieces.append(frame.iloc[:0])
+
+    def close(self) -> None:
+        if self._csv is not None:
+            self._csv.close()
+        if self._parquet is not None:
+            self._parquet.close()
+        if self.suffix == ".fits":
+            import pandas as pd
+
+            write_fits(pd.concat(self._pieces, ignore_index=True) if self._pieces else pd.DataFrame(), self.path,
+                       self.describe)
+
+
+def _keep_catalogue_digits(frame):
+    """gzmorph's own numbers are float32 and written with 6 decimals; a catalogue's float64 columns (RA, Dec, a
+    redshift of 1e-5) are written with every digit they had: rounding them would change the user's data."""
+    wide = [c for c in frame.columns if frame[c].dtype == np.float64]
+    if not wide:
+        return frame
+    frame = frame.copy()
+    for c in wide:
+        frame[c] = [("" if np.isnan(v) else repr(float(v))) for v in frame[c].to_numpy()]
+    return frame
+
+
+def write_fits(frame, path: Path, describe) -> None:
+    """A FITS binary table: text columns as fixed-width strings, each column's description as its ``TCOMMn`` card
+    (TOPCAT shows them) and the fractions' dimensionless unit left empty, as the FITS standard wants."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    table = Table()
+    for name in frame.columns:
+        values = frame[name].to_numpy()
+        if values.dtype == object:  # text (ids, answer names, paths, catalogue strings): FITS has no variable text
+            values = np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+                               for v in values], dtype=str)
+        table[str(name)] = values
+    hdu = fits.table_to_hdu(table)
+    for k, name in enumerate(table.colnames, start=1):
+        text = describe(name)
+        if text:
+            hdu.header[f"TCOMM{k}"] = text[:68]  # one 80-character card; longer texts live in the README
+    hdu.header["ORIGIN"] = "gzmorph"
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=True)
