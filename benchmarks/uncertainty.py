@@ -56,7 +56,7 @@ def main() -> None:
     if args.package and args.run is not None:
         p.error("--package calibrates the model inside gzmorph: leave out --run")
     if args.calibrate or args.package:
-        cal = calibrate_run(args.run, args.data, split="valid", tta=args.tta, progress=False)
+        cal = calibrate_run(args.run, args.data, split="valid", tta=args.tta, progress=False, write=False)
         if args.package:
             write_packaged(cal)
     done = predict_split(args.run, args.data, "test", tta=args.tta, spread=True, progress=False)
@@ -75,6 +75,10 @@ def main() -> None:
                                "command": "python " + " ".join(sys.argv)}, indent=2) + "\n")
     plot(deciles, report, out.with_suffix(".png"), args.tta)
     plot_reliability(report["intervals"], out.with_name(out.stem + "-reliability.png"))
+    if args.package:  # the card says what the shipped calibration is and how it measured
+        from gzmorph.pretrained.package import record_calibration
+
+        record_calibration(report["intervals"]["levels"], "python benchmarks/uncertainty.py --package")
     print(format_intervals(report["intervals"]))
     print(f"Spearman(spread, |error|): {report['spearman_all']:.3f} over all known answers, "
           f"{report['spearman_galaxy']:.3f} per galaxy; RMSE most certain tenth {report['rmse_most_certain_tenth']:.4f}, "
@@ -83,9 +87,8 @@ def main() -> None:
 
 
 def write_packaged(cal) -> None:
-    """Ship ``cal`` (of the model inside gzmorph) beside its weights; it records the SHA-256 of the file that
-    ships (what load_model reports for it). calibrate_run has already written it into this machine's unpacked
-    folder, and gzmorph.pretrained copies it into every other."""
+    """Ship ``cal`` (of the model inside gzmorph) beside its weights, where it is read in place; it records the
+    SHA-256 of the file that ships (what load_model reports for it)."""
     from gzmorph import pretrained
 
     if cal.weights_sha256 != pretrained.card()["sha256"]:

@@ -63,6 +63,12 @@ def test_bad_pictures_are_one_clear_error_or_a_listed_skip(model, tmp_path):
             model.predict(bad)
     with pytest.raises(GzmorphError, match="ids"):
         model.predict([random_image()], ids=["a", "b"])
+    write_image(tmp_path / "x" / "5.jpg")
+    write_image(tmp_path / "y" / "5.jpg", seed=1)
+    with pytest.raises(GzmorphError, match="named '5'"):
+        model.predict([tmp_path / "x" / "5.jpg", tmp_path / "y" / "5.jpg"])
+    assert list(model.predict([tmp_path / "x" / "5.jpg", tmp_path / "y" / "5.jpg"], ids=["x5", "y5"]).index) == \
+        ["x5", "y5"]
     (tmp_path / "d").mkdir()
     write_image(tmp_path / "d" / "1.jpg")
     (tmp_path / "d" / "2.jpg").write_bytes(b"not a jpeg")

@@ -295,3 +295,13 @@ def test_the_shipped_calibration_holds_on_real_test_galaxies(real_data):
     for level in (0.5, 0.9):
         hit = in_interval(*intervals(cal, done.pred, done.spread, level), cat.labels)
         assert abs(hit.mean() - level) < 0.04, (level, hit.mean())
+
+
+def test_the_card_records_the_shipped_calibration():
+    from gzmorph import pretrained, run_layout
+
+    entry = pretrained.card()["calibration"]
+    assert entry["file"] == pretrained.CALIBRATION.name
+    assert entry["sha256"] == run_layout.file_sha256(pretrained.CALIBRATION)  # the card is not stale
+    assert entry["tta"] == json.loads(pretrained.CALIBRATION.read_text())["tta"]
+    assert abs(entry["test_coverage"]["0.9"]["all"] - 0.9) < 0.03

@@ -195,7 +195,7 @@ def test_catalogue_rows_without_images_are_skipped_counted_and_listed(run, folde
     cat = write_cat(tmp_path / "cat.csv", ["1,0,0,imgs/100.jpg", "2,0,0,imgs/nothing.jpg", "3,0,0,"])
     out = tmp_path / "o.csv"
     assert predict(run, cat, "--id-column", "objid", "--path-column", "file", "--skip-bad", "-o", out) == 0
-    assert "skipped 2 input(s)" in capsys.readouterr().out
+    assert "left out 2 input(s)" in capsys.readouterr().out
     meta = json.loads(Path(f"{out}.json").read_text())
     assert meta["n_skipped"] == 2 and meta["n_predicted"] == 1
     assert [s["path"] for s in meta["skipped"]] == [f"{cat}:3", f"{cat}:4"]
@@ -204,9 +204,12 @@ def test_catalogue_rows_without_images_are_skipped_counted_and_listed(run, folde
 def test_recursive_finds_images_in_subfolders(run, folder, tmp_path, caplog):
     write_image(folder / "night2" / "200.png", seed=9)
     out = tmp_path / "o.csv"
+    (folder / "notes.txt").write_text("observing log")
     assert predict(run, folder, "-o", out) == 0
     assert "--recursive" in caplog.text  # said, not silently left out
     assert len(pd.read_csv(out)) == 4
+    listed = {Path(s["path"]).name: s["why"] for s in json.loads(Path(f"{out}.json").read_text())["skipped"]}
+    assert set(listed) == {"notes.txt", "200.png"} and "--recursive" in listed["200.png"]
     assert predict(run, folder, "-o", out, "--recursive") == 0
     assert sorted(pd.read_csv(out)["GalaxyID"]) == [100, 101, 102, 103, 200]
 
@@ -225,7 +228,9 @@ def test_interval_columns_from_the_command_line(folder, tmp_path, capsys):
     assert predict(folder, "-o", out, "--tta", 8, "--interval", 0.8) == 0
     table = pd.read_csv(out)
     assert "bar_yes_kaggle_lower" in table.columns and "shape_answer" in table.columns  # named: auto with --interval
-    assert (table["bar_yes_kaggle_lower"] <= table["bar_yes_kaggle"] + 1e-6).all()
+    lower, value, upper = (table[[f"{a.name}_kaggle{s}" for a in tree.ANSWERS]].to_numpy() for s in
+                           ("_lower", "", "_upper"))
+    assert (lower <= value + 1e-6).all() and (value <= upper + 1e-6).all() and (lower >= 0).all() and (upper <= 1).all()
     meta = json.loads(Path(f"{out}.json").read_text())
     assert meta["interval"] == 0.8 and meta["calibration"]["split"] == "valid"
     for argv, needle in [(["--tta", 8, "--interval", 1.5], "between 0 and 1"),
@@ -234,3 +239,51 @@ def test_interval_columns_from_the_command_line(folder, tmp_path, capsys):
                          (["--tta", 8, "--calibration", tmp_path / "c.json"], "--interval")]:
         fails(capsys, ["predict", folder, "-o", tmp_path / "bad.csv", "-q", *argv], needle)
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_each_catalogue_row_gets_its_own_images_answers_even_when_two_rows_share_a_file(run, folder, tmp_path):
+    cat = write_cat(tmp_path / "cat.csv", ["a,1,1,imgs/102.jpg", "b,2,2,imgs/100.jpg", "c,3,3,./imgs/102.jpg"])
+    out = tmp_path / "o.csv"
+    assert predict(run, cat, "--id-column", "objid", "--path-column", "file", "-o", out) == 0
+    table = pd.read_csv(out)
+    assert list(table["objid"]) == ["a", "b", "c"] and list(table["ra"]) == [1, 2, 3]
+    for name, image in (("a", "102"), ("b", "100")):
+        alone = tmp_path / f"{name}.csv"
+        assert predict(run, folder / f"{image}.jpg", "-o", alone, "--columns", "named") == 0
+        want = pd.read_csv(alone).filter(like="_kaggle").iloc[0]
+        got = table.loc[table.objid == name].filter(like="_kaggle").iloc[0]
+        assert np.allclose(got, want, atol=1e-6)
+    assert np.allclose(table.filter(like="_kaggle").iloc[0], table.filter(like="_kaggle").iloc[2])
+
+
+def test_catalogue_integers_with_blanks_keep_every_digit(run, folder, tmp_path):
+    (tmp_path / "cat.csv").write_text("GalaxyID,specobjid,z\n100,1237648720693755918,0.1\n101,,\n")
+    for suffix in (".csv", ".parquet", ".fits"):
+        out = tmp_path / f"o{suffix}"
+        assert predict(run, tmp_path / "cat.csv", "--images", folder, "-o", out) == 0
+        if suffix == ".csv":
+            text = out.read_text()
+            assert "1237648720693755918" in text and "\n101,,,"in text  # empty stays empty
+            continue
+        if suffix == ".parquet":
+            table = pd.read_parquet(out)
+        else:
+            from astropy.table import Table
+
+            table = Table.read(out).to_pandas()
+        assert int(table["specobjid"].iloc[0]) == 1237648720693755918 and pd.isna(table["specobjid"].iloc[1])
+
+
+def test_fits_text_that_is_not_ascii_is_refused_before_predicting(run, folder, tmp_path, capsys):
+    (tmp_path / "cat.csv").write_text("GalaxyID,name\n100,M31 \u2013 Andromeda\n", encoding="utf-8")
+    fails(capsys, ["predict", run, tmp_path / "cat.csv", "--images", folder, "-o", tmp_path / "o.fits", "-q"],
+          "ASCII", "name")
+    assert not list(tmp_path.glob("*o.fits*"))
+
+
+def test_shards_of_different_settings_do_not_merge(run, folder, tmp_path, capsys):
+    assert predict(run, folder, "-o", tmp_path / "p0.parquet", "--shard", "0/2", "--tta", 2, "--spread") == 0
+    assert predict(run, folder, "-o", tmp_path / "p1.parquet", "--shard", "1/2", "--tta", 2) == 0
+    fails(capsys, ["merge", tmp_path / "p0.parquet", tmp_path / "p1.parquet", "-o", tmp_path / "m.parquet"],
+          "--spread")
+    assert not (tmp_path / "m.parquet").exists()

@@ -81,3 +81,46 @@ def test_every_answer_has_a_unique_name_and_its_kaggle_column():
     assert tree.QUESTION_BY_NAME["bulge_shape"].parent == tree.answer("edge_on_yes").column
     with pytest.raises(KeyError, match="no answer named 'bar'"):
         tree.answer("bar")
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """gzmorph's modules and the gzmorph modules each imports, at the top or inside a function alike (a lazy import
+    still ties the two modules together; it only hides the circle from the interpreter)."""
+    names = {}
+    for p in PACKAGE.rglob("*.py"):
+        parts = list(p.relative_to(PACKAGE.parent).with_suffix("").parts)
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph: dict[str, set[str]] = {m: set() for m in names}
+    for m, p in names.items():
+        package = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                candidates = [target, *(f"{target}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                candidates = [a.name for a in node.names]
+            else:
+                continue
+            graph[m] |= {c for c in candidates if c in names and c != m}
+    return graph
+
+
+def test_no_import_circles():
+    """Each module imports only modules that do not import it back, directly or through others: a newcomer can
+    read the layers bottom-up (tree, config -> data -> models -> training -> inference -> cli)."""
+    graph = _module_graph()
+    assert "gzmorph.config" in graph["gzmorph.runs"]  # the graph is real
+    done: set[str] = set()
+
+    def visit(m: str, trail: list[str]) -> None:
+        if m in trail:
+            pytest.fail("import circle: " + " -> ".join(trail[trail.index(m):] + [m]))
+        if m in done:
+            return
+        for n in sorted(graph[m]):
+            visit(n, trail + [m])
+        done.add(m)
+
+    for m in sorted(graph):
+        visit(m, [])

@@ -303,7 +303,7 @@ def test_predict_odd_images_are_predicted_and_a_truncated_one_stops_or_is_skippe
 
     out = succeeds(capsys, ["predict", run, folder, "-o", sub, "--workers", 1, "-q", "--skip-bad",
                             "--batch-size", 2])
-    assert "5 galaxies" in out and "skipped 1 unreadable image(s)" in out
+    assert "5 galaxies" in out and "left out 1 input(s)" in out
     meta = json.loads(Path(f"{sub}.json").read_text())
     assert meta["n_predicted"] == 5 and meta["n_skipped"] == 1
     assert Path(meta["skipped"][0]["path"]).name == "100006.jpg"

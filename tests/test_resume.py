@@ -38,6 +38,24 @@ def command(run, images, out, *extra) -> list[str]:
             "--precision", "fp32", *map(str, extra)]
 
 
+def kill_when_done(argv: list[str], journal: Path, images: int) -> None:
+    """Start the job and SIGKILL it once its journal records at least ``images`` images done."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if json.loads(journal.read_text())["done"] >= images:
+                    break
+            except (OSError, ValueError, KeyError):  # not written yet, or caught mid-replace
+                pass
+            time.sleep(0.05)
+        assert proc.poll() is None, "the job ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+
+
 def timed(argv) -> float:
     started = time.perf_counter()
     subprocess.run(argv, check=True, capture_output=True)
@@ -52,20 +70,7 @@ def test_a_job_killed_at_half_resumes_to_the_same_file_in_about_half_the_time(jo
 
     out = root / "killed.csv"
     journal = Path(f"{partial_path(out)}.json")
-    proc = subprocess.Popen(command(run, images, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if json.loads(journal.read_text())["done"] >= N_IMAGES // 2:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.05)
-        assert proc.poll() is None, "the job ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_when_done(command(run, images, out), journal, N_IMAGES // 2)
     assert not out.exists() and journal.is_file()
     done = json.loads(journal.read_text())["done"]
     assert N_IMAGES // 3 < done < N_IMAGES
@@ -114,6 +119,12 @@ def test_a_partial_job_of_another_kind_is_refused_then_restarted(job, tmp_path, 
     assert main(["predict", str(run), str(few), "-o", str(out), "-q", "--workers", "1", "--tta", "2",
                  "--batch-size", "2", "--precision", "fp32", "--restart"]) == 0
     assert out.read_bytes() == whole and not journal.exists()
+    # A partial file shorter than its journal records (touched, or the job had already finished) is not resumed.
+    partial.write_text("GalaxyID")
+    journal.write_text(json.dumps({"job": job_, "done": 2, "rows": 2, "skipped": [], "offsets": {"rows": 4096}}))
+    cli_fails(capsys, ["predict", run, few, "-o", out, "-q", "--workers", 1, "--tta", 2, "--batch-size", 2,
+                       "--precision", "fp32"], "shorter than its journal records", "--restart")
+    assert partial.read_text() == "GalaxyID"  # not padded, not truncated
 
 
 def test_a_killed_embed_resumes_to_the_same_features(job, tmp_path):
@@ -126,20 +137,7 @@ def test_a_killed_embed_resumes_to_the_same_features(job, tmp_path):
     subprocess.run([*argv, "-o", str(tmp_path / "whole")], check=True, capture_output=True)
     out = tmp_path / "killed"
     journal = Path(f"{partial_path(tmp_path / 'killed.npy')}.json")
-    proc = subprocess.Popen([*argv, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if json.loads(journal.read_text())["done"] >= 1000:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.05)
-        assert proc.poll() is None, "the job ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_when_done([*argv, "-o", str(out)], journal, 1000)
     assert 0 < json.loads(journal.read_text())["done"] < 3000
     subprocess.run([*argv, "-o", str(out)], check=True, capture_output=True)
     for suffix in (".npy", ".csv"):

@@ -343,10 +343,13 @@ def test_a_bad_multipart_upload_is_a_400_with_the_reason(served, tmp_path, field
 
 def test_64_concurrent_uploads_are_all_answered(served, fake_run, tmp_path):
     """64 clients connecting at the same instant: each gets 200 or 503 with Retry-After, none a reset (the standard
-    library's listen backlog of 5 reset a third of them)."""
+    library's listen backlog of 5 reset a third of them), and every 200 carries the answer of its own image (8
+    different ones go up, so an answer handed to the wrong request would show)."""
     server, _ = served
     assert server.request_queue_size >= 64
-    data = write_image(tmp_path / "587722.jpg", seed=3).read_bytes()
+    port = server.server_address[1]
+    images = [write_image(tmp_path / f"58772{k}.jpg", seed=30 + k).read_bytes() for k in range(8)]
+    alone = [post(port, data, {"X-Filename": "x.jpg"})[2]["values"] for data in images]  # one at a time first
     clients = 64
     start = threading.Barrier(clients)
     answers: list = [None] * clients
@@ -354,7 +357,7 @@ def test_64_concurrent_uploads_are_all_answered(served, fake_run, tmp_path):
     def one(i: int) -> None:
         start.wait(timeout=30)
         try:
-            answers[i] = post(server.server_address[1], data, {"X-Filename": "587722.jpg"})
+            answers[i] = post(port, images[i % 8], {"X-Filename": "587722.jpg"})
         except OSError as e:  # a reset, a refused connection or a timeout: what must not happen
             answers[i] = e
 
@@ -366,12 +369,13 @@ def test_64_concurrent_uploads_are_all_answered(served, fake_run, tmp_path):
     failed = [a for a in answers if not isinstance(a, tuple)]
     assert not failed, failed
     statuses = [status for status, _, _ in answers]
-    assert set(statuses) <= {200, 503} and statuses.count(200) >= 1, statuses
-    for status, headers, payload in answers:
+    # The queue admits 32 at once, so at least that many are answered; the rest may be asked to come back.
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 16, statuses
+    for i, (status, headers, payload) in enumerate(answers):
         if status == 503:
             assert int(headers["Retry-After"]) >= 1 and "the server is busy" in payload["error"]
         else:
-            assert payload["values"] == answers[statuses.index(200)][2]["values"]
+            assert np.allclose(payload["values"], alone[i % 8], atol=1e-5), i
 
 
 def test_an_upload_past_the_queue_limit_is_503_at_once(fake_run, tmp_path):

@@ -183,10 +183,11 @@ def _skipped_line(skipped: list[tuple[str, str]], listed_in: Path) -> str:
         return ""
     reasons: dict[str, int] = {}
     for _, why in skipped:
-        key = why.split(": ", 1)[-1] if why.startswith("/") else why
+        head, sep, tail = why.partition(": ")
+        key = tail if sep and ("/" in head or "." in head) else why  # "imgs/x.jpg: no such file" -> "no such file"
         reasons[key[:60]] = reasons.get(key[:60], 0) + 1
     common = "; ".join(f"{n} x {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
-    return f"; skipped {len(skipped)} input(s) ({common}{'; ...' if len(reasons) > 3 else ''}), listed in {listed_in}"
+    return f"; left out {len(skipped)} input(s) ({common}{'; ...' if len(reasons) > 3 else ''}), listed in {listed_in}"
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -452,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the table to write; its suffix picks the format: .csv, .parquet, .fits (default: "
                          "submission.csv); OUTPUT.json beside it records the model, settings and skipped inputs")
     pr.add_argument("--columns", default="auto", choices=["auto", "kaggle", "named"],
-                    help="kaggle: GalaxyID + Class1.1 .. Class11.6, cumulative down the tree, as Kaggle scores them; "
+                    help="kaggle: GalaxyID + the 37 ClassN.M columns, cumulative down the tree, as Kaggle scores them; "
                          "named: per answer its fraction of the volunteers asked and its Kaggle value, per question "
                          "the most likely answer and how many were asked, the most likely path (see the README's "
                          "table); auto (default): kaggle for a .csv of images, named otherwise")

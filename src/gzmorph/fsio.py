@@ -44,11 +44,16 @@ def atomic_write(target: str | Path, write: Callable[[Path], None]) -> None:
         replace_atomically(tmp, target)
     except OSError as e:
         _remove_quietly(tmp)
-        raise GzmorphError(f"could not write {target} ({e.strerror or e}); the previous version, if any, is "
-                           f"intact. Check free space and permissions of {target.parent}") from None
+        raise write_error(target, e) from None
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def write_error(target: Path, e: OSError) -> GzmorphError:
+    """The one line for a file that could not be written (no space, no permission): which, why, what to check."""
+    return GzmorphError(f"could not write {target} ({e.strerror or e}); the previous version, if any, is intact. "
+                        f"Check free space and permissions of {Path(target).parent}")
 
 
 def _remove_quietly(path: Path) -> None:

@@ -283,6 +283,19 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     return net
 
 
+def _unpacked_from_the_package(metadata: dict[str, str]) -> bool:
+    """True for the float32 copy ``gzmorph.pretrained`` unpacks: its metadata names the shipped file and that file's
+    SHA-256, which must be the one the installed card records (no other file can claim another's identity)."""
+    from . import pretrained
+
+    if not metadata.get("sha256") or metadata.get("source") != pretrained.WEIGHTS.name:
+        return False
+    try:
+        return metadata["sha256"] == pretrained.card()["sha256"]
+    except BadRun:  # no packaged model installed
+        return False
+
+
 def load_model(run: str | Path | None = None, which: str = "best", device: str | torch.device = "cpu",
                precision: str = "auto") -> LoadedModel:
     """The model of a run folder: ``which`` = "best" (lowest valid RMSE), "last", or a path to a .safetensors.
@@ -306,6 +319,6 @@ def load_model(run: str | Path | None = None, which: str = "best", device: str |
     policy.place(model).eval()
     # The packaged model runs from a float32 copy in the cache; what identifies it is the file that ships, whose
     # SHA-256 its card and the README quote (the copy records it), not the copy's own.
-    if metadata.get("source") and metadata.get("sha256"):
+    if _unpacked_from_the_package(metadata):
         return LoadedModel(model, cfg, Path(metadata.get("source_path", path)), metadata["sha256"], policy)
     return LoadedModel(model, cfg, path, file_sha256(path), policy)

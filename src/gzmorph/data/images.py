@@ -94,8 +94,8 @@ MODE_RULES: dict[str, tuple[str, str]] = {
     "I;16L": (SCALE_16_BIT, "16-bit grey, little-endian"),
     "I;16B": (SCALE_16_BIT, "16-bit grey, big-endian"),
     "I;16N": (SCALE_16_BIT, "16-bit grey, this machine's byte order"),
-    # "I" is 32-bit signed: 16-bit PNGs opened by older Pillows, signed 16-bit and 32-bit integer TIFFs. Values within
-    # 0..65535 are 16-bit display data; negative or larger ones are counts (sky-subtracted or deep), i.e. fluxes.
+    # "I" is 32-bit signed: 16-bit PNGs opened by older Pillows, signed 16-bit and 32-bit integer TIFFs. A TIFF's are
+    # counts (fluxes); otherwise values within 0..65535 are 16-bit display data, and negative or larger ones counts.
     "I": (INTEGER, "32-bit integer grey"),
     "F": (FLUX, "32-bit float grey (a flux map, like a FITS band)"),
     "CMYK": (REFUSE, "print colours (cyan, magenta, yellow, black), which map to screen RGB only through the file's "
@@ -128,7 +128,10 @@ def as_rgb(im: Image.Image) -> Image.Image:
         # Pillow converts "La" only to "LA" (it has no direct La -> RGB conversion).
         return (im.convert("LA") if im.mode == "La" else im).convert("RGB")
     values = np.asarray(im)
-    if rule == INTEGER and values.size and (values.min() < 0 or values.max() > 65535):
+    # A TIFF reaches "I" only as 32-bit or signed 16-bit samples (unsigned 16-bit opens as "I;16"): counts, so a flux
+    # even when they happen to fit in 0..65535 (a 12-bit camera's 0..3000 read as 16-bit display values would be
+    # near black). Elsewhere (an older Pillow's 16-bit PNG) the range decides.
+    if rule == INTEGER and (im.format == "TIFF" or (values.size and (values.min() < 0 or values.max() > 65535))):
         rule = FLUX
     if rule == FLUX:
         return Image.fromarray(asinh_rgb(np.repeat(values[None].astype(np.float64), 3, axis=0)), "RGB")
@@ -252,17 +255,34 @@ def crop_resize(im: Image.Image, prep: Preprocess) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
-def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
-    """The image files (by :data:`IMAGE_SUFFIXES`, any case) in ``folder``, sorted; with ``recursive`` those of its
-    subfolders too, each folder's images before its subfolders', subfolders in name order. Raises :class:`BadData`.
+@dataclass
+class Listing:
+    """What a folder holds for prediction: its images, and what is left out (files that are not images; with
+    ``recursive`` off, images in the first level of subfolders)."""
 
-    What is left out is said once, counted: images in subfolders when not ``recursive`` (a warning naming
-    ``--recursive``), and files that are not images. Hidden files and folders (``.DS_Store``, ``.thumbnails``) are
-    neither searched nor counted: they are the file manager's, and a thumbnail folder would list each galaxy twice."""
+    images: list[Path]
+    others: list[Path]
+    unsearched: list[list[Path]]  # per subfolder not searched, its images
+
+    def left_out(self) -> list[tuple[str, str]]:
+        """Every file left out, with why: what predict lists in its .json."""
+        return ([(str(p), "not an image (images are " + " ".join(IMAGE_SUFFIXES) + ")") for p in self.others]
+                + [(str(p), "in a subfolder; pass --recursive to include it") for files in self.unsearched
+                   for p in files])
+
+
+def find_images(folder: str | Path, recursive: bool = False) -> Listing:
+    """The image files (by :data:`IMAGE_SUFFIXES`, any case) in ``folder``, sorted; with ``recursive`` those of its
+    subfolders too, each folder's images before its subfolders', subfolders in name order. What is left out is said
+    once, counted (a warning naming ``--recursive`` for images in subfolders), and kept in the listing. Hidden files
+    and folders (``.DS_Store``, ``.thumbnails``) are neither searched nor counted: they are the file manager's, and a
+    thumbnail folder would list each galaxy twice. Raises :class:`BadData`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise BadData(f"{folder}: not a folder of images")
-    found = list(_walk(folder))
+    # Without --recursive only the first level of subfolders is looked into, to count what is left out: a folder of
+    # images under a large data root must not cost a walk of the whole tree.
+    found = list(_walk(folder, None if recursive else 1))
     searched = found if recursive else found[:1]
     images = [p for _, files, _ in searched for p in files]
     others = [p for _, _, rest in searched for p in rest]
@@ -275,24 +295,29 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
                         f"left out (images are {' '.join(IMAGE_SUFFIXES)}): {names}")
     if unsearched:
         left_out.append(f"{_count(n_unsearched, 'image', 'images')} in "
-                        f"{_count(len(unsearched), 'subfolder', 'subfolders')} not searched; pass --recursive to "
-                        f"include them")
+                        f"{_count(len(unsearched), 'subfolder', 'subfolders')} not searched (and maybe more below "
+                        f"them); pass --recursive to include them")
     if not images:  # one error that says it all, rather than warnings before it
         raise BadData(f"{folder}: no images in this folder" + (f" ({'; '.join(left_out)})" if left_out else
                                                               f" (images are {' '.join(IMAGE_SUFFIXES)})"))
     for message in left_out:
         log.warning("%s: %s", folder, message)
-    return images
+    return Listing(images, others, unsearched)
 
 
-def _walk(folder: Path):
-    """(folder, its image files, its other files) for ``folder`` and every subfolder below it, depth first in name
-    order. A symlinked folder is followed once: a link back up the tree (a loop) or to a folder already walked is
-    skipped, so no image is listed twice."""
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """The images of :func:`find_images`."""
+    return find_images(folder, recursive).images
+
+
+def _walk(folder: Path, max_depth: int | None = None):
+    """(folder, its image files, its other files) for ``folder`` and every subfolder below it (down to ``max_depth``
+    levels), depth first in name order. A symlinked folder is followed once: a link back up the tree (a loop) or to a
+    folder already walked is skipped, so no image is listed twice."""
     seen: set[tuple[int, int]] = set()
-    pending = [folder]
+    pending = [(folder, 0)]
     while pending:
-        here = pending.pop()
+        here, depth = pending.pop()
         try:
             st = here.stat()
             entries = sorted(os.scandir(here), key=lambda e: e.name)
@@ -316,7 +341,8 @@ def _walk(folder: Path):
             else:
                 others.append(path)
         yield here, images, others
-        pending.extend(reversed(subfolders))  # popped in name order
+        if max_depth is None or depth < max_depth:
+            pending.extend((sub, depth + 1) for sub in reversed(subfolders))  # popped in name order
 
 
 def _count(n: int, one: str, many: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BadArgument, BadData
-from .images import image_stem, list_images
+from .images import find_images, image_stem
 from .layout import ID_COLUMN, ImageFolder
 
 log = logging.getLogger("gzmorph")
@@ -31,7 +31,9 @@ class Inputs:
     ids: list[str]
     id_column: str = ID_COLUMN
     extra: object = None  # a pandas DataFrame of the catalogue's other columns, one row per path; None otherwise
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (catalogue row or file, why) left out up front
+    # (catalogue row or file, why) left out before decoding: rows without an image, a folder's files that are not
+    # images, and images in subfolders not searched
+    skipped: list[tuple[str, str]] = field(default_factory=list)
     source: str = ""
 
     def __len__(self) -> int:
@@ -41,6 +43,16 @@ class Inputs:
         """A contiguous slice of the job (one shard)."""
         return Inputs(self.paths[rows], self.ids[rows], self.id_column,
                       None if self.extra is None else self.extra.iloc[rows].reset_index(drop=True), [], self.source)
+
+    def check_not_empty(self, doing: str) -> None:
+        """A catalogue whose every row was left out (``--skip-bad``) is one error, not an empty output."""
+        if not self.paths:
+            raise BadData(f"{self.source}: none of its {len(self.skipped)} rows has an image to {doing} (listed above)")
+
+    def skipped_in(self, shard: tuple[int, int] | None) -> list[tuple[str, str]]:
+        """The rows left out before decoding, as one shard of the job reports them: shard 0 lists them all, so the
+        merged shards list each once."""
+        return list(self.skipped) if not shard or shard[0] == 0 else []
 
     def digest(self) -> str:
         """What the job is: the files and their ids in order (a shard, merge or resume is checked against it)."""
@@ -58,11 +70,13 @@ def collect_inputs(source: str | Path, *, recursive: bool = False, id_column: st
     an error: the output would hold that id twice."""
     source = Path(source)
     catalogue_flags = id_column is not None or path_column is not None or images is not None
+    left_out: list[tuple[str, str]] = []  # files of a folder that are not predicted, with why
     if source.is_dir():
         if catalogue_flags:
             raise BadArgument("--id-column, --path-column and --images are for a catalogue (a .csv); "
                               f"{source} is a folder of images")
-        paths = list_images(source, recursive=recursive)
+        listing = find_images(source, recursive=recursive)
+        paths, left_out = listing.images, listing.left_out()
     elif not source.exists():
         raise BadData(f"{source}: no such folder or file")
     elif source.suffix.lower() in CATALOGUE_SUFFIXES:
@@ -85,7 +99,7 @@ def collect_inputs(source: str | Path, *, recursive: bool = False, id_column: st
         if gid in seen:
             raise BadData(f"{source}: two files claim GalaxyID {gid}: {seen[gid]} and {p}; keep one of them")
         seen[gid] = p
-    return Inputs(paths, ids, source=str(source))
+    return Inputs(paths, ids, skipped=left_out, source=str(source))
 
 
 def read_catalogue(path: Path, *, id_column: str | None, path_column: str | None, images: str | Path | None,
@@ -102,7 +116,10 @@ def read_catalogue(path: Path, *, id_column: str | None, path_column: str | None
         sep = "\t" if path.suffix.lower() == ".tsv" else ","
         columns = list(pd.read_csv(path, nrows=0, sep=sep).columns)
         id_column = id_column or ID_COLUMN
-        table = pd.read_csv(path, sep=sep, dtype={c: str for c in (id_column, path_column) if c in columns})
+        # Nullable dtypes: an integer column with an empty cell stays integer (a 19-digit objid would lose digits as
+        # float64), and empty cells stay missing, never 0 or NaN-as-text.
+        table = pd.read_csv(path, sep=sep, dtype={c: str for c in (id_column, path_column) if c in columns},
+                            dtype_backend="numpy_nullable")
     except (ValueError, OSError, UnicodeDecodeError) as e:
         raise BadData(f"{path}: not a readable CSV catalogue ({e})") from None
     for flag, name in (("--id-column", id_column), ("--path-column", path_column)):

@@ -1,5 +1,5 @@
 """A model's answers as a table a person can read: one row per galaxy, columns named after the questions and answers
-of ``gzmorph.tree``, or Kaggle's ``Class1.1 .. Class11.6`` exactly.
+of ``gzmorph.tree``, or Kaggle's 37 ``ClassN.M`` columns exactly.
 
 Kaggle's numbers are cumulative down the tree: ``Class3.1`` (bar) is P(features) x P(not edge-on) x P(bar), the
 share of *all* volunteers who were asked about a bar and said yes. What an astronomer cutting on "barred" usually
@@ -142,7 +142,7 @@ def answer_frame(values: np.ndarray, ids: Sequence[str], *, columns: str = "name
         for name in extra.columns:
             if name in data:
                 raise BadArgument(f"the catalogue's column {name!r} would clash with gzmorph's own column of that name")
-            data[name] = extra[name].to_numpy()
+            data[name] = extra[name].array  # the column as it was read (nullable integers stay integers)
     if task is not None:
         names = list(output_names)
         for k, name in enumerate(names):

@@ -26,15 +26,15 @@ import numpy as np
 
 from .. import runs
 from ..data.layout import ID_COLUMN
-from ..errors import BadArgument, BadData, BadImage
-from ..fsio import atomic_write_json, check_output_file, replace_atomically
+from ..errors import BadData, BadImage
+from ..fsio import atomic_write_json, check_output_file, replace_atomically, write_error
 from ..training import distributed
 from ..version import __version__
 from ..data.inputs import collect_inputs
 from .predict import ImageStream
 from .shards import check_parts, parse_shard, shard_slice
 from .calibration import calibration_for
-from .intervals import check_level, intervals
+from .intervals import check_interval_options, intervals
 from .journal import Journal
 from .tta import check_tta, embed_array, finish_answers, predict_answers
 
@@ -93,10 +93,7 @@ def embed(run: str | Path | None, images: str | Path, out: str | Path = "feature
     npy, table, meta = feature_paths(out)
     check_output_file(npy, "features.npy")
     check_tta(tta)
-    if interval is not None:
-        check_level(interval)
-    elif calibration is not None:
-        raise BadArgument("--calibration is for --interval LEVEL; give both")
+    check_interval_options(interval, calibration)
     shard = parse_shard(shard)
     run_name = runs.run_name(run)
     run = runs.run_folder(run)
@@ -107,10 +104,9 @@ def embed(run: str | Path | None, images: str | Path, out: str | Path = "feature
     cal = calibration_for(run_name, loaded, tta, calibration) if interval is not None else None
     inputs = collect_inputs(images, recursive=recursive, id_column=id_column, path_column=path_column,
                             images=catalogue_images, skip_bad=skip_bad)
-    if not inputs.paths:  # every catalogue row left out with --skip-bad
-        raise BadData(f"{images}: none of its {len(inputs.skipped)} rows has an image to embed (listed above)")
+    inputs.check_not_empty("embed")
     mine = inputs.take(shard_slice(len(inputs), *shard)) if shard else inputs
-    paths, id_of = mine.paths, dict(zip(mine.paths, mine.ids))
+    paths = mine.paths
     stream = ImageStream(paths, loaded.prep, batch_size=batch_size,
                          workers=workers or min(distributed.cpu_share(cluster, None), 16), skip_bad=skip_bad,
                          listed_in=str(meta), progress=progress, desc="embedding",
@@ -123,8 +119,11 @@ def embed(run: str | Path | None, images: str | Path, out: str | Path = "feature
     started = time.perf_counter()
     job = {"inputs_sha256": inputs.digest(), "shard": list(shard) if shard else None, "n_inputs": len(mine),
            "weights_sha256": loaded.sha256, "precision": loaded.policy.name, "tta": tta, "interval": interval,
-           "dim": dim}
-    journal = Journal.start(npy, job, ["rows", "csv"], restart=restart)
+           "dim": dim, "calibration": cal.data if cal is not None else None}
+    try:
+        journal = Journal.start(npy, job, ["rows", "csv"], restart=restart)
+    except OSError as e:
+        raise write_error(npy, e) from None
     stream.resume(journal.done, journal.skipped)
     done_before = journal.rows
     try:
@@ -132,7 +131,7 @@ def embed(run: str | Path | None, images: str | Path, out: str | Path = "feature
             rows = csv.writer(c, lineterminator="\n")
             if journal.offsets.get("csv", 0) == 0:
                 rows.writerow(header)
-            for good, pixels in stream:
+            for good, pixels in stream:  # positions in ``paths`` of the images that decoded
                 features, outputs = embed_array(loaded.model, pixels, batch_size, loaded.policy)
                 f.write(features.astype(DTYPE).tobytes())
                 if tta > 1 or cal is not None:  # the answers over the views (and their spread, for intervals)
@@ -141,24 +140,29 @@ def embed(run: str | Path | None, images: str | Path, out: str | Path = "feature
                 else:
                     answers, sd = finish_answers(loaded.config, outputs), None
                 bounds = np.concatenate(intervals(cal, answers, sd, interval), axis=1) if cal is not None else None
-                rows.writerows([id_of[p], str(p), *(f"{v:.6f}" for v in row),
+                rows.writerows([mine.ids[i], str(paths[i]), *(f"{v:.6f}" for v in row),
                                 *(f"{v:.6f}" for v in (bounds[k] if bounds is not None else ()))]
-                               for k, (p, row) in enumerate(zip(good, answers)))
+                               for k, (i, row) in enumerate(zip(good, answers)))
                 f.flush()
                 c.flush()
                 journal.record(stream.done, done_before + stream.n_good, stream.skipped)
-    except BadImage as e:  # the rows so far are kept: the same command continues once the image is dealt with
-        raise BadData(f"{e}; the {journal.rows} rows before it are kept, and the same command continues from "
-                      f"there") from None
+    except BadImage as e:  # fixing it changes the inputs, so this job's rows cannot continue: nothing is kept
+        journal.discard()
+        raise BadData(str(e)) from None
+    except OSError as e:  # out of space mid-job: the rows recorded so far are kept for when there is room
+        raise write_error(npy, e) from None
     n = done_before + stream.n_good
     if n == 0 and paths:
         journal.discard()
         raise BadData(f"none of the {len(paths)} images could be read; nothing was embedded")
-    journal.record(stream.done, n, stream.skipped)
-    _write_npy(journal.files["rows"], npy, n, dim)
-    replace_atomically(journal.files["csv"], table)
+    try:
+        journal.record(stream.done, n, stream.skipped)
+        _write_npy(journal.files["rows"], npy, n, dim)
+        replace_atomically(journal.files["csv"], table)
+    except OSError as e:
+        raise write_error(npy, e) from None
     journal.discard()
-    skipped = (inputs.skipped if not shard or shard[0] == 0 else []) + list(journal.skipped)
+    skipped = inputs.skipped_in(shard) + list(journal.skipped)
     summary = EmbedSummary(npy, n, dim, skipped, time.perf_counter() - started)
     atomic_write_json(meta, {
         "features": npy.name, "table": table.name, "n": n, "dim": dim, "dtype": np.dtype(DTYPE).name,
@@ -179,7 +183,7 @@ def merge_features(parts: Sequence[str | Path], out: str | Path) -> EmbedSummary
     check_output_file(npy, "features.npy")
     infos = check_parts([feature_paths(p)[0] for p in parts], npy, "embed",
                         (("weights_sha256", "weights"), ("precision", "--precision settings"), ("tta", "--tta"),
-                         ("interval", "--interval")))
+                         ("interval", "--interval"), ("calibration", "calibrations")))
     n = sum(info["n"] for _, info in infos)
     dim = infos[0][1]["dim"]
     raw = npy.with_name(f".{npy.name}.rows-{os.getpid()}")

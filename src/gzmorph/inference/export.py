@@ -27,7 +27,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .. import runs, tree
+from .. import runs
 from ..data.batches import to_input
 from ..data.images import REFERENCE_SIDE
 from ..errors import BadArgument, GzmorphError

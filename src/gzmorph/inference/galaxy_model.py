@@ -43,7 +43,7 @@ from ..data.inputs import collect_inputs
 from ..errors import BadArgument, BadData, BadImage
 from .answer_table import answer_frame
 from .calibration import calibration_for
-from .intervals import check_level, intervals
+from .intervals import check_interval_options, intervals
 from .tta import check_tta, embed_array, predict_answers
 
 
@@ -90,16 +90,16 @@ class GalaxyModel:
         for k, item in enumerate(items):
             if isinstance(item, (str, Path)):
                 inputs = collect_inputs(item)
+                if ids is not None and len(inputs) != 1:
+                    raise BadArgument(f"ids: item {k} ({item}) holds {len(inputs)} images, but ids names one per item; "
+                                      f"leave ids out (files are named by their GalaxyID) or list the files")
                 for chunk in decode_chunks(inputs.paths, prep, chunk=256, workers=workers):
                     for i, why in chunk.bad:
                         if not skip_bad:
                             raise BadData(f"{inputs.paths[i]}: {why} (skip_bad=True leaves such images out)")
                         skipped.append((str(inputs.paths[i]), why))
                     pixels.extend(chunk.pixels)
-                    if ids is not None and len(inputs) == 1:
-                        out_ids.extend(ids[k] for _ in chunk.good)
-                    else:
-                        out_ids.extend(inputs.ids[i] for i in chunk.good)
+                    out_ids.extend(ids[k] if ids is not None else inputs.ids[i] for i in chunk.good)
             else:
                 try:
                     pixels.append(crop_resize(_as_picture(item, k), prep))
@@ -108,6 +108,12 @@ class GalaxyModel:
                 out_ids.append(ids[k] if ids is not None else k)
         if not pixels:
             raise BadData("none of the images could be read" if skipped else "no images given")
+        seen: dict = {}
+        for name in out_ids:
+            if name in seen:  # a table with one id twice cannot be joined back to a catalogue
+                raise BadArgument(f"two images are named {name!r} (files with one GalaxyID in two folders?); name each "
+                                  f"item with ids=[...]")
+            seen[name] = True
         return out_ids, np.stack(pixels), skipped
 
     def predict(self, images, *, tta: int = 1, columns: str = "named", spread: bool = False,
@@ -121,7 +127,7 @@ class GalaxyModel:
 
         ``columns``: "named" (per answer its ``_fraction`` of the volunteers asked and its ``_kaggle`` value, per
         question its most likely ``_answer`` and how many were ``_reached``, the most likely ``path``) or "kaggle"
-        (Class1.1 .. Class11.6). ``tta``: views averaged (1, 2, 4, 8, 16, 32); ``spread``: each answer's standard
+        (Kaggle's 37 ClassN.M columns). ``tta``: views averaged (1, 2, 4, 8, 16, 32); ``spread``: each answer's standard
         deviation over them too. ``interval`` (a level in (0, 1), e.g. 0.9): each answer's calibrated interval,
         ``<answer>_kaggle_lower`` and ``_upper`` (the run's calibration, or the file ``calibration``; the packaged
         model's is made with ``tta=8``). Skipped files (``skip_bad``) are listed in ``table.attrs["skipped"]``.
@@ -132,8 +138,8 @@ class GalaxyModel:
         if spread and tta < 2:
             raise BadArgument("spread is the spread over the TTA views: give tta=8 (or 2, 4, 16, 32)")
         cal = None
+        check_interval_options(interval, calibration)
         if interval is not None:
-            check_level(interval)
             if columns == "kaggle":
                 raise BadArgument("intervals are columns of the named table: leave columns='named'")
             cal = calibration_for(self.run, self.loaded, tta, calibration)

@@ -50,6 +50,15 @@ MIN_GALAXIES = 10
 CAP_STRICTNESS = 10.0
 
 
+def check_interval_options(interval: float | None, calibration) -> None:
+    """``--interval`` and ``--calibration`` as predict, embed and the API take them: a level in (0, 1), and a
+    calibration file only with a level."""
+    if interval is not None:
+        check_level(interval)
+    elif calibration is not None:
+        raise BadArgument("--calibration is for --interval LEVEL; give both")
+
+
 def check_level(level: float) -> float:
     """``level`` as a float strictly between 0 and 1, or a clear :class:`BadArgument`."""
     try:

@@ -1,13 +1,14 @@
 """Long prediction and embedding jobs that survive being killed: rows are appended to hidden partial files beside
 the output, and after every chunk of images the files are fsynced and a small journal records how far the job got
 (images done, bytes of each file, skipped images). The same command run again finds the journal and continues from
-there; a different job (other images, weights, views, precision, columns, batch size) finds it too and is refused in
-one line instead of mixing two jobs' rows.
+there; a different job (other images, weights, views, precision, columns, interval or calibration) finds it too and
+is refused in one line instead of mixing two jobs' rows.
 
 A kill can land between a write and the journal's next record: the bytes past what the journal records are cut off
 on resume, and those images are predicted again. Chunks keep their boundaries (they start at multiples of the
-batch size), so every image is computed in the same batch as in an uninterrupted run and the resumed file is byte
-for byte the same.
+batch size), so with the same ``--batch-size`` every image is computed in the same batch as in an uninterrupted run
+and the resumed file is byte for byte the same (another batch size is allowed: it moves only the last bits of
+some numbers, as batching does anywhere).
 """
 
 from __future__ import annotations
@@ -74,13 +75,14 @@ class Journal:
             what = ", ".join(f"{k} ({saved.get('job', {}).get(k)!r} then, {self.job.get(k)!r} now)" for k in differ[:3])
             raise BadArgument(f"{self.out}: a partial run of another job is here ({self.path.name}: {what}); repeat "
                               f"that command to finish it, or pass --restart to discard it and start this one")
-        missing = [p for p in self.files.values() if not p.is_file()]
-        if missing:
-            raise BadArgument(f"{self.out}: the partial run's {missing[0].name} is gone, so it cannot be resumed; pass "
-                              f"--restart to start again")
         self.done, self.rows = saved["done"], saved["rows"]
         self.skipped = [tuple(s) for s in saved["skipped"]]
         self.offsets, self.extra = saved["offsets"], saved.get("extra", {})
+        short = [p for name, p in self.files.items() if not p.is_file() or p.stat().st_size < self.offsets[name]]
+        if short:  # rows the journal says are durable are not there: the files were touched, or the job had finished
+            raise BadArgument(f"{self.out}: the partial run's {short[0].name} is missing or shorter than its journal "
+                              f"records (if {self.out.name} is complete, the job had finished), so it cannot be "
+                              f"resumed; pass --restart to start again")
         for name, path in self.files.items():
             with open(path, "r+b") as f:  # bytes written after the last record belong to images done again now
                 f.truncate(self.offsets[name])

@@ -21,15 +21,15 @@ from ..data.decoder import decode_chunks
 from ..data.images import Preprocess, image_stem
 from ..data.inputs import collect_inputs
 from ..errors import BadArgument, BadData, BadImage
-from ..fsio import atomic_write, atomic_write_json, check_output_file, replace_atomically
+from ..fsio import atomic_write, atomic_write_json, check_output_file, replace_atomically, write_error
 from ..training import distributed
 from ..version import __version__
 from .answer_table import answer_frame, describe, pick_columns
 from .calibration import calibration_for
-from .intervals import check_level, intervals
+from .intervals import check_interval_options, intervals
 from .journal import Journal
 from .shards import PredictionSummary, merge_shards, parse_shard, shard_part_path, shard_slice
-from .table_writer import TableWriter, output_format
+from .table_writer import TableWriter, check_fits_text, output_format
 from .tta import check_tta, predict_answers
 
 log = logging.getLogger("gzmorph")
@@ -46,7 +46,8 @@ def galaxy_id(path: Path) -> str:
 
 
 class ImageStream:
-    """The decodable images of ``paths`` in batches of (paths, uint8 pixels), in order, through the one decoder.
+    """The decodable images of ``paths`` in batches of (their positions in ``paths``, uint8 pixels), in order, through
+    the one decoder. Positions, not paths: a catalogue may list one file on two rows, each with its own id.
 
     An image that cannot be decoded stops the job with its name, or with ``skip_bad`` is logged and listed in
     ``skipped`` (and the caller records it in its ``.json``, named by ``listed_in``)."""
@@ -67,7 +68,7 @@ class ImageStream:
         self.start = self.done = done
         self.skipped = list(skipped)
 
-    def __iter__(self) -> Iterator[tuple[list[Path], np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[list[int], np.ndarray]]:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(self.paths), initial=self.start, unit="img", desc=self.desc,
@@ -84,7 +85,7 @@ class ImageStream:
                     self.skipped.append((str(self.paths[i]), why))
                 if c.good:
                     self.n_good += len(c.good)
-                    yield [self.paths[i] for i in c.good], c.pixels
+                    yield c.good, c.pixels
                 bar.update(c.size)
         finally:
             bar.close()
@@ -116,13 +117,12 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
     where it stopped, and the finished file is the same as an uninterrupted run's; a call for another job finds the
     partial one and is refused unless ``restart`` (see ``journal.py``).
     """
+    suffix = output_format(out)  # before check_output_file makes a missing folder for a file it would refuse
     out = check_output_file(out, "submission.csv")
-    suffix = output_format(out)
     check_tta(tta)
     if spread and tta < 2:
         raise BadArgument("--spread is the spread over the TTA views: give --tta 8 (or 2, 4, 16, 32)")
-    if interval is not None:
-        check_level(interval)
+    check_interval_options(interval, calibration)
     shard = parse_shard(shard)
     cluster = distributed.from_env()
     if shard is None and cluster.enabled:
@@ -134,30 +134,29 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
                                       calibration=calibration)
     inputs = collect_inputs(images, recursive=recursive, id_column=id_column, path_column=path_column,
                             images=catalogue_images, skip_bad=skip_bad)
-    if not inputs.paths:  # every catalogue row left out with --skip-bad
-        raise BadData(f"{images}: none of its {len(inputs.skipped)} rows has an image to predict (listed above)")
+    inputs.check_not_empty("predict")
     columns = pick_columns(columns, suffix=suffix, catalogue=inputs.extra is not None, interval=interval)
+    if suffix == ".fits":
+        extra_cols = [] if inputs.extra is None or columns == "kaggle" else list(inputs.extra.columns)
+        check_fits_text(extra_cols, [(inputs.id_column, inputs.ids),
+                                     *((c, inputs.extra[c]) for c in extra_cols)])
     dev = distributed.pick_device(cluster, device)
     run_name = runs.run_name(run)
     run = runs.run_folder(run)
     loaded = runs.load_model(run, which, dev, precision)
     task = runs.task_of(loaded.config)
-    if calibration is not None and interval is None:
-        raise BadArgument("--calibration is for --interval LEVEL; give both")
     calibration = calibration_for(run_name, loaded, tta, calibration) if interval is not None else None
     mine = inputs.take(shard_slice(len(inputs), *shard)) if shard else inputs
     if shard:
         log.info("shard %d/%d: %d of %d images", shard[0], shard[1], len(mine), len(inputs))
     workers = workers or min(distributed.cpu_share(cluster, None), 16)  # the cores, split between a node's processes
-    row_of = {p: k for k, p in enumerate(mine.paths)}
     stream = ImageStream(mine.paths, loaded.prep, batch_size=batch_size, workers=workers, skip_bad=skip_bad,
                          listed_in=f"{out}.json", progress=progress, overlap=dev.type != "cpu")
     separate_spread = spread and columns == "kaggle" and suffix == ".csv" and task is None
     spread_out = spread_path(out) if separate_spread else None
     started = time.perf_counter()
 
-    def frame(paths: list[Path], values: np.ndarray, sd: np.ndarray | None):
-        rows = [row_of[p] for p in paths]
+    def frame(rows: list[int], values: np.ndarray, sd: np.ndarray | None):
         extra = None if mine.extra is None or columns == "kaggle" else mine.extra.iloc[rows]
         lower, upper = intervals(calibration, values, sd, interval) if calibration else (None, None)
         return answer_frame(values, [mine.ids[r] for r in rows], columns=columns, id_column=mine.id_column,
@@ -167,12 +166,12 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
     need_spread = spread or calibration is not None  # an interval is scaled by the spread over the views
 
     def predict_into(table: TableWriter, extra: TableWriter | None, after_chunk=lambda: None) -> None:
-        for good, pixels in stream:
+        for rows, pixels in stream:
             answers = predict_answers(loaded, pixels, batch_size, tta, spread=need_spread)
             values, sd = answers if need_spread else (answers, None)
-            table.write(frame(good, values, sd))
+            table.write(frame(rows, values, sd))
             if extra:
-                extra.write(answer_frame(sd, [mine.ids[row_of[p]] for p in good], columns="kaggle"))
+                extra.write(answer_frame(sd, [mine.ids[r] for r in rows], columns="kaggle"))
             after_chunk()
         empty = np.zeros((0, len(runs.output_names(loaded.config))), np.float32)
         table.write_header_only(frame([], empty, empty if need_spread else None))
@@ -188,8 +187,12 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
     if suffix == ".csv":  # rows append to a journalled partial file: a killed job resumes (journal.py)
         job = {"inputs_sha256": inputs.digest(), "shard": list(shard) if shard else None, "n_inputs": len(mine),
                "weights_sha256": loaded.sha256, "tta": tta, "precision": loaded.policy.name, "columns": columns,
-               "spread": spread, "interval": interval, "format": suffix}  # not the batch size: another one changes only last bits
-        journal = Journal.start(out, job, ["rows", "spread"] if separate_spread else ["rows"], restart=restart)
+               "spread": spread, "interval": interval, "format": suffix,
+               "calibration": calibration.data if calibration else None}  # not the batch size: another one changes only last bits
+        try:
+            journal = Journal.start(out, job, ["rows", "spread"] if separate_spread else ["rows"], restart=restart)
+        except OSError as e:
+            raise write_error(out, e) from None
         stream.resume(journal.done, journal.skipped)
         table = TableWriter(journal.files["rows"], suffix, describe, append=True)
         extra = TableWriter(journal.files["spread"], ".csv", append=True) if separate_spread else None
@@ -202,19 +205,24 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
 
         try:
             predict_into(table, extra, after_chunk)
-        except BadImage as e:  # the rows so far are kept: the same command continues once the image is dealt with
-            raise BadData(f"{e}; the {journal.rows} rows before it are kept, and the same command continues from "
-                          f"there") from None
+        except BadImage as e:  # fixing it changes the inputs, so this job's rows cannot continue: nothing is kept
+            journal.discard()
+            raise BadData(str(e)) from None
+        except OSError as e:  # out of space mid-job: the rows recorded so far are kept for when there is room
+            raise write_error(out, e) from None
         finally:
             for w in filter(None, (table, extra)):
                 w.close()
         if journal.rows + stream.n_good == 0 and mine.paths:
             journal.discard()
             raise nothing_read()
-        journal.record(stream.done, done_before + stream.n_good, stream.skipped)
-        if separate_spread:
-            replace_atomically(journal.files["spread"], spread_out)
-        replace_atomically(journal.files["rows"], out)
+        try:
+            journal.record(stream.done, done_before + stream.n_good, stream.skipped)
+            if separate_spread:
+                replace_atomically(journal.files["spread"], spread_out)
+            replace_atomically(journal.files["rows"], out)
+        except OSError as e:
+            raise write_error(out, e) from None
         journal.discard()
         n_rows, stream_skipped = journal.rows, journal.skipped
     else:  # Parquet and FITS are written whole: a temporary file that replaces the target when complete
@@ -232,12 +240,12 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
         except BadImage as e:  # an unreadable image without --skip-bad: the job stops, the old output is kept
             raise BadData(str(e)) from None
         n_rows, stream_skipped = stream.n_good, stream.skipped
-    skipped = (inputs.skipped if not shard or shard[0] == 0 else []) + list(stream_skipped)
+    skipped = inputs.skipped_in(shard) + list(stream_skipped)
     summary = PredictionSummary(out, n_rows, skipped, time.perf_counter() - started, loaded.sha256)
     atomic_write_json(Path(f"{out}.json"), {
         "table": str(out), "format": suffix, "columns": columns, "run": run_name, "weights": str(loaded.weights),
         "weights_sha256": loaded.sha256, "gzmorph_version": __version__, "torch_version": torch.__version__,
-        "n_predicted": n_rows, "tta": tta, "interval": interval,
+        "n_predicted": n_rows, "tta": tta, "interval": interval, "spread": spread,
         "calibration": calibration.data if calibration else None, "spread_csv": str(spread_out) if spread_out else None,
         "precision": loaded.policy.name, "runtime": loaded.policy.describe(),
         "n_skipped": len(skipped), "skipped": [{"path": p, "why": w} for p, w in skipped],

@@ -102,7 +102,9 @@ def merge_shards(parts: Sequence[str | Path], out: str | Path) -> PredictionSumm
     out = check_output_file(out, "submission.csv")
     suffix = output_format(out)
     infos = check_parts(parts, out, "predict", (("weights_sha256", "weights"), ("tta", "--tta settings"),
-                                                 ("precision", "--precision settings"), ("columns", "--columns")))
+                                                 ("precision", "--precision settings"), ("columns", "--columns"),
+                                                 ("spread", "--spread"), ("interval", "--interval levels"),
+                                                 ("calibration", "calibrations")))
     wrong = [str(p) for p, _ in infos if p.suffix.lower() != suffix]
     if wrong:
         raise BadArgument(f"the parts are not {suffix} files like {out} ({wrong[0]}); merge into the parts' own format")
@@ -147,7 +149,8 @@ def merge_shards(parts: Sequence[str | Path], out: str | Path) -> PredictionSumm
     first = infos[0][1]
     atomic_write_json(Path(f"{out}.json"), {
         **{k: first[k] for k in ("run", "weights", "weights_sha256", "gzmorph_version", "torch_version", "tta",
-                                   "precision", "runtime", "format", "columns", "source") if k in first},
+                                   "precision", "runtime", "format", "columns", "source", "spread", "interval",
+                                   "calibration") if k in first},
         "table": str(out), "n_predicted": n_rows, "n_skipped": len(skipped),
         "skipped": [{"path": p, "why": w} for p, w in skipped], "seconds": max(i["seconds"] for _, i in infos),
         "shard": None, "merged_from": [str(p) for p, _ in infos], "n_inputs": first["n_inputs_all_shards"],

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadArgument, GzmorphError
+from ..errors import BadArgument, BadData, GzmorphError
 
 FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".fits": "FITS binary table"}
 FLOAT_FORMAT = "%.6f"  # Kaggle's submissions and gzmorph's CSVs have always had 6 decimals
@@ -68,7 +68,11 @@ class TableWriter:
             table = pa.Table.from_pandas(frame, preserve_index=False)
             if self._parquet is None:
                 self._parquet = pq.ParquetWriter(str(self.path), table.schema)
-            self._parquet.write_table(table.cast(self._parquet.schema))
+            try:
+                self._parquet.write_table(table.cast(self._parquet.schema))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
+                # the pieces disagree (merging parts of different jobs, a column's type changing between chunks)
+                raise BadData(f"{self.path}: the rows do not fit the table's columns ({e})") from None
         else:
             self._pieces.append(frame)
         self.rows += len(frame)
@@ -98,13 +102,29 @@ class TableWriter:
 def _keep_catalogue_digits(frame):
     """gzmorph's own numbers are float32 and written with 6 decimals; a catalogue's float64 columns (RA, Dec, a
     redshift of 1e-5) are written with every digit they had: rounding them would change the user's data."""
-    wide = [c for c in frame.columns if frame[c].dtype == np.float64]
+    import pandas as pd
+
+    wide = [c for c in frame.columns if pd.api.types.is_float_dtype(frame[c].dtype) and frame[c].dtype != np.float32]
     if not wide:
         return frame
     frame = frame.copy()
     for c in wide:
-        frame[c] = [("" if np.isnan(v) else repr(float(v))) for v in frame[c].to_numpy()]
+        frame[c] = ["" if pd.isna(v) else repr(float(v)) for v in frame[c]]
     return frame
+
+
+def check_fits_text(names, values) -> None:
+    """FITS headers and text columns hold ASCII only: a catalogue's column name or text, or an id, that is not ASCII
+    is refused before any galaxy is predicted (a table that could not be written at the end would waste the job)."""
+    for name in names:
+        if not str(name).isascii():
+            raise BadArgument(f"column {name!r}: a FITS table's column names are ASCII only; rename it, or write "
+                              f".parquet or .csv")
+    for column, cells in values:
+        bad = next((v for v in cells if isinstance(v, str) and not v.isascii()), None)
+        if bad is not None:
+            raise BadArgument(f"column {column!r} holds {bad!r}: a FITS table's text is ASCII only; write .parquet "
+                              f"or .csv")
 
 
 def write_fits(frame, path: Path, describe) -> None:
@@ -113,14 +133,12 @@ def write_fits(frame, path: Path, describe) -> None:
     from astropy.io import fits
     from astropy.table import Table
 
-    table = Table()
-    for name in frame.columns:
-        values = frame[name].to_numpy()
-        if values.dtype == object:  # text (ids, answer names, paths, catalogue strings): FITS has no variable text
-            values = np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-                               for v in values], dtype=str)
-        table[str(name)] = values
-    hdu = fits.table_to_hdu(table)
+    # Text becomes fixed-width strings, a catalogue's missing numbers masked cells (TNULL), never a made-up value.
+    table = Table.from_pandas(frame)
+    try:
+        hdu = fits.table_to_hdu(table)
+    except (UnicodeEncodeError, ValueError) as e:  # checked up front by check_fits_text; this is the last guard
+        raise BadData(f"{path}: cannot be written as a FITS table ({e}); write .parquet or .csv") from None
     for k, name in enumerate(table.colnames, start=1):
         text = describe(name)
         if text:

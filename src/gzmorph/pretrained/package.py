@@ -50,3 +50,27 @@ def package(run: str | Path, data: str | Path, *, train_seconds: float, machine:
     pretrained.CARD.write_text(json.dumps(info, indent=2) + "\n")
     return info
 
+
+def record_calibration(levels: dict, command: str) -> dict:
+    """Write into the card what the shipped interval calibration is (its file's SHA-256, views, galaxies) and its
+    coverage on the test split per level (``levels``: benchmarks/uncertainty.py's measurement). Returns the entry."""
+    from ..run_layout import file_sha256
+
+    cal = json.loads(pretrained.CALIBRATION.read_text())
+    entry = {
+        "file": pretrained.CALIBRATION.name, "sha256": file_sha256(pretrained.CALIBRATION),
+        "method": "split-conformal intervals normalised by the spread over the TTA views (gzmorph.inference.intervals)",
+        "tta": cal["tta"], "command": command,
+        "calibrated_on": {"split": cal["data"].get("split"), "n_galaxies": cal["n_galaxies"],
+                          "note": "the model also trained on these galaxies (train_on_valid), so its intervals run "
+                                  "about a point narrow of their level"
+                          if cal["data"].get("run_trained_on_these_galaxies") else ""},
+        "test_coverage": {level: {"all": round(v["coverage"], 4),
+                                  "lowest_question": min(v["coverage_per_question"], key=v["coverage_per_question"].get),
+                                  "lowest": round(min(v["coverage_per_question"].values()), 4),
+                                  "mean_width": round(v["mean_width"], 4)} for level, v in levels.items()},
+    }
+    card = json.loads(pretrained.CARD.read_text())
+    card["calibration"] = entry
+    pretrained.CARD.write_text(json.dumps(card, indent=2) + "\n")
+    return entry
