@@ -196,7 +196,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     run, images = _run_and_images(args, "predict")
     s = predict(run, images, args.output, spread=args.spread, columns=args.columns, restart=args.restart,
                 interval=args.interval, calibration=args.calibration, **_input_kwargs(args), **_run_kwargs(args))
-    print(f"wrote {s.out}: {s.n_predicted} galaxies in {s.seconds:.1f} s ({s.images_per_second:.0f} img/s)"
+    resumed = f" ({s.n_resumed} of them by an earlier run of this job)" if s.n_resumed else ""
+    print(f"wrote {s.out}: {s.n_predicted} galaxies{resumed} in {s.seconds:.1f} s ({s.images_per_second:.0f} img/s)"
           + _skipped_line(s.skipped, Path(f"{s.out}.json")))
     return 0
 

@@ -17,6 +17,7 @@ how many were asked at all. The named table gives both, so nobody has to redo th
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -126,17 +127,23 @@ def describe(column: str) -> str:
     return ""
 
 
-def answer_frame(values: np.ndarray, ids: Sequence[str], *, columns: str = "named", id_column: str = ID_COLUMN,
-                 extra=None, output_names: Sequence[str] | None = None, task=None,
-                 spread: np.ndarray | None = None, lower: np.ndarray | None = None,
-                 upper: np.ndarray | None = None):
-    """One pandas DataFrame of answers: ``id_column``, then ``extra`` (a catalogue's other columns, a DataFrame with
-    one row per galaxy), then the answers as ``columns`` says (``kaggle``: Class1.1 ..; ``named``: see the module).
+def answer_frame(values: np.ndarray, ids: Sequence[str], **kw):
+    """:func:`answer_columns` as a pandas DataFrame (what the notebook API returns)."""
+    import pandas as pd
+
+    return pd.DataFrame(answer_columns(values, ids, **kw))
+
+
+def answer_columns(values: np.ndarray, ids: Sequence[str], *, columns: str = "named", id_column: str = ID_COLUMN,
+                   extra=None, output_names: Sequence[str] | None = None, task=None,
+                   spread: np.ndarray | None = None, lower: np.ndarray | None = None,
+                   upper: np.ndarray | None = None) -> dict[str, object]:
+    """The columns of an answer table (name -> one value per galaxy): ``id_column``, then ``extra`` (a catalogue's
+    other columns, a DataFrame with one row per galaxy), then the answers as ``columns`` says (``kaggle``: Kaggle's
+    ClassN.M columns; ``named``: see the module). Plain arrays and lists, so writing a CSV needs no pandas.
 
     A fine-tuned run (``task``, a ``gzmorph.tasks.Task``) writes its own outputs by name, plus each class column's
     predicted class; ``spread`` then follows each output as ``<output>_spread``."""
-    import pandas as pd
-
     data: dict[str, object] = {id_column: list(ids)}
     if extra is not None:
         for name in extra.columns:
@@ -155,14 +162,16 @@ def answer_frame(values: np.ndarray, ids: Sequence[str], *, columns: str = "name
         for k, name in enumerate(tree.COLUMNS):
             data[name] = np.asarray(values[:, k], np.float32)
     else:
-        clash = [c for c in (extra.columns if extra is not None else ()) if c in _named_column_names()]
+        clash = [c for c in (extra.columns if extra is not None else ()) if c in named_column_names()]
         if clash:
             raise BadArgument(f"the catalogue's column {clash[0]!r} would clash with gzmorph's own column of that name; "
                               f"rename it")
         data.update(named_columns(values, spread=spread, lower=lower, upper=upper))
-    return pd.DataFrame(data)
+    return data
 
 
-def _named_column_names() -> set[str]:
-    return set(named_columns(np.full((1, tree.N_OUTPUTS), 0.5), spread=np.zeros((1, tree.N_OUTPUTS)),
-                             lower=np.zeros((1, tree.N_OUTPUTS)), upper=np.zeros((1, tree.N_OUTPUTS))))
+@functools.cache
+def named_column_names() -> frozenset[str]:
+    """Every column the named table can have (to refuse a catalogue column that would clash with one)."""
+    return frozenset(named_columns(np.full((1, tree.N_OUTPUTS), 0.5), spread=np.zeros((1, tree.N_OUTPUTS)),
+                                   lower=np.zeros((1, tree.N_OUTPUTS)), upper=np.zeros((1, tree.N_OUTPUTS))))

@@ -24,7 +24,7 @@ from ..errors import BadArgument, BadData, BadImage
 from ..fsio import atomic_write, atomic_write_json, check_output_file, replace_atomically, write_error
 from ..training import distributed
 from ..version import __version__
-from .answer_table import answer_frame, describe, pick_columns
+from .answer_table import answer_columns, describe, pick_columns
 from .calibration import calibration_for
 from .intervals import check_interval_options, intervals
 from .journal import Journal
@@ -159,7 +159,7 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
     def frame(rows: list[int], values: np.ndarray, sd: np.ndarray | None):
         extra = None if mine.extra is None or columns == "kaggle" else mine.extra.iloc[rows]
         lower, upper = intervals(calibration, values, sd, interval) if calibration else (None, None)
-        return answer_frame(values, [mine.ids[r] for r in rows], columns=columns, id_column=mine.id_column,
+        return answer_columns(values, [mine.ids[r] for r in rows], columns=columns, id_column=mine.id_column,
                             extra=extra, task=task, output_names=runs.output_names(loaded.config),
                             spread=sd if spread and not separate_spread else None, lower=lower, upper=upper)
 
@@ -171,12 +171,12 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
             values, sd = answers if need_spread else (answers, None)
             table.write(frame(rows, values, sd))
             if extra:
-                extra.write(answer_frame(sd, [mine.ids[r] for r in rows], columns="kaggle"))
+                extra.write(answer_columns(sd, [mine.ids[r] for r in rows], columns="kaggle"))
             after_chunk()
         empty = np.zeros((0, len(runs.output_names(loaded.config))), np.float32)
         table.write_header_only(frame([], empty, empty if need_spread else None))
         if extra:
-            extra.write_header_only(answer_frame(empty, [], columns="kaggle"))
+            extra.write_header_only(answer_columns(empty, [], columns="kaggle"))
 
     def nothing_read() -> BadData:
         return BadData(f"none of the {len(mine)} images could be read; nothing was predicted")
@@ -224,7 +224,7 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
         except OSError as e:
             raise write_error(out, e) from None
         journal.discard()
-        n_rows, stream_skipped = journal.rows, journal.skipped
+        n_rows, stream_skipped, n_resumed = journal.rows, journal.skipped, done_before
     else:  # Parquet and FITS are written whole: a temporary file that replaces the target when complete
         def write(tmp: Path) -> None:
             table = TableWriter(tmp, suffix, describe)
@@ -239,9 +239,9 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
             atomic_write(out, write)
         except BadImage as e:  # an unreadable image without --skip-bad: the job stops, the old output is kept
             raise BadData(str(e)) from None
-        n_rows, stream_skipped = stream.n_good, stream.skipped
+        n_rows, stream_skipped, n_resumed = stream.n_good, stream.skipped, 0
     skipped = inputs.skipped_in(shard) + list(stream_skipped)
-    summary = PredictionSummary(out, n_rows, skipped, time.perf_counter() - started, loaded.sha256)
+    summary = PredictionSummary(out, n_rows, skipped, time.perf_counter() - started, loaded.sha256, n_resumed)
     atomic_write_json(Path(f"{out}.json"), {
         "table": str(out), "format": suffix, "columns": columns, "run": run_name, "weights": str(loaded.weights),
         "weights_sha256": loaded.sha256, "gzmorph_version": __version__, "torch_version": torch.__version__,

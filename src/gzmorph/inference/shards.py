@@ -23,10 +23,11 @@ class PredictionSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     model_sha256: str = ""
+    n_resumed: int = 0  # rows an earlier, killed run of the job had written (not predicted in ``seconds``)
 
     @property
     def images_per_second(self) -> float:
-        return self.n_predicted / self.seconds if self.seconds else 0.0
+        return (self.n_predicted - self.n_resumed) / self.seconds if self.seconds else 0.0
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:

@@ -8,6 +8,7 @@ named table): for millions of galaxies write Parquet or CSV, or shard the job.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,8 @@ def _need(module: str, extra: str) -> None:
 
 
 class TableWriter:
-    """``write(frame)`` piece after piece (pandas DataFrames with the same columns), then ``close()``."""
+    """``write(columns)`` piece after piece (dicts of name -> one value per row, or pandas DataFrames, with the same
+    columns each time), then ``close()``."""
 
     def __init__(self, path: Path, suffix: str, describe=None, *, append: bool = False):
         """``append`` (CSV only): continue a file that a killed job began (its header is there if it has bytes)."""
@@ -55,37 +57,38 @@ class TableWriter:
         if self._csv is not None:
             self._csv.flush()
 
-    def write(self, frame) -> None:
+    def write(self, table) -> None:
+        columns = _as_columns(table)
+        n = len(next(iter(columns.values()))) if columns else 0
         if self.suffix == ".csv":
-            frame = _keep_catalogue_digits(frame)
-            frame.to_csv(self._csv, index=False, header=not self._header_done, float_format=FLOAT_FORMAT,
-                         lineterminator="\n")
-            self._header_done = True
+            out = csv.writer(self._csv, lineterminator="\n")
+            if not self._header_done:
+                out.writerow(columns)
+                self._header_done = True
+            out.writerows(zip(*(_csv_cells(v) for v in columns.values())))
         elif self.suffix == ".parquet":
+            import pandas as pd
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pa.Table.from_pandas(frame, preserve_index=False)
+            arrow = pa.Table.from_pandas(pd.DataFrame(columns), preserve_index=False)
             if self._parquet is None:
-                self._parquet = pq.ParquetWriter(str(self.path), table.schema)
+                self._parquet = pq.ParquetWriter(str(self.path), arrow.schema)
             try:
-                self._parquet.write_table(table.cast(self._parquet.schema))
+                self._parquet.write_table(arrow.cast(self._parquet.schema))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
                 # the pieces disagree (merging parts of different jobs, a column's type changing between chunks)
                 raise BadData(f"{self.path}: the rows do not fit the table's columns ({e})") from None
         else:
-            self._pieces.append(frame)
-        self.rows += len(frame)
+            import pandas as pd
 
-    def write_header_only(self, frame) -> None:
+            self._pieces.append(pd.DataFrame(columns))
+        self.rows += n
+
+    def write_header_only(self, table) -> None:
         """An empty job (a shard holding no images) still gets a file with the columns."""
-        if not self._header_done and self.suffix == ".csv":
-            frame.iloc[:0].to_csv(self._csv, index=False, lineterminator="\n")
-            self._header_done = True
-        elif self.suffix == ".parquet" and self._parquet is None:
-            self.write(frame.iloc[:0])
-        elif self.suffix == ".fits" and not self._pieces:
-            self._pieces.append(frame.iloc[:0])
+        if self.rows == 0 and not self._header_done and not self._pieces and self._parquet is None:
+            self.write({name: values[:0] for name, values in _as_columns(table).items()})
 
     def close(self) -> None:
         if self._csv is not None:
@@ -99,18 +102,26 @@ class TableWriter:
                        self.describe)
 
 
-def _keep_catalogue_digits(frame):
-    """gzmorph's own numbers are float32 and written with 6 decimals; a catalogue's float64 columns (RA, Dec, a
-    redshift of 1e-5) are written with every digit they had: rounding them would change the user's data."""
-    import pandas as pd
+def _as_columns(table) -> dict:
+    """A dict of columns from a dict or a pandas DataFrame (a merged part read back)."""
+    return table if isinstance(table, dict) else {name: table[name].array for name in table.columns}
 
-    wide = [c for c in frame.columns if pd.api.types.is_float_dtype(frame[c].dtype) and frame[c].dtype != np.float32]
-    if not wide:
-        return frame
-    frame = frame.copy()
-    for c in wide:
-        frame[c] = ["" if pd.isna(v) else repr(float(v)) for v in frame[c]]
-    return frame
+
+def _csv_cells(values) -> list[str]:
+    """One column as CSV text. gzmorph's own numbers are float32 and get 6 decimals (as Kaggle's file and every
+    gzmorph CSV); a catalogue's other numbers keep every digit they had (RA, Dec, a redshift of 1e-5, a 19-digit
+    objid): rounding them would change the user's data. Missing cells (None, NaN, pandas' NA) stay empty."""
+    if isinstance(values, np.ndarray) and values.dtype == np.float32:
+        return [f"{v:.6f}" for v in values.tolist()]
+    out = []
+    for v in (values.tolist() if hasattr(values, "tolist") else values):
+        if v is None or type(v).__name__ == "NAType" or (isinstance(v, float) and v != v):  # v != v: NaN
+            out.append("")
+        elif isinstance(v, float):
+            out.append(repr(v))
+        else:
+            out.append(str(v))
+    return out
 
 
 def check_fits_text(names, values) -> None:
