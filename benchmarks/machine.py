@@ -19,6 +19,15 @@ def describe_machine(device: str = "cpu") -> dict:
         pass
     info = {"cpu": cpu, "cpu_isa": cpu_kind(), "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
             "python": platform.python_version(), "device": device}
+    # "AMD EPYC" names Zen 3, 4 and 5 alike, and Zen 4 and 5 share the ISA tag: the family and model tell them apart
+    # (AMD family 25 = Zen 3/4, 26 = Zen 5).
+    try:
+        with open("/proc/cpuinfo") as f:
+            pairs = (line.split(":", 1) for line in f if ":" in line)
+            fields = {k.strip(): v.strip() for k, v in pairs if k.strip() in ("cpu family", "model")}
+        info["cpu_family"], info["cpu_model"] = int(fields["cpu family"]), int(fields["model"])
+    except (OSError, KeyError, ValueError):
+        pass
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info

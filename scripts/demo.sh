@@ -23,7 +23,7 @@ TEST_IMAGES="$DATA/images_test_rev1"
 echo "== predict with the model inside gzmorph, before training anything"
 gzmorph predict "$TEST_IMAGES" -o "$RUN/pretrained.csv" --tta 8
 if [ -f "$DATA/splits.csv" ]; then  # real data: how it scores on the test split it never saw
-  gzmorph evaluate pretrained --data "$DATA" --split test --tta 8
+  gzmorph evaluate pretrained --data "$DATA" --split test --tta 8 --out "$RUN/pretrained"
 fi
 MODEL=${GZMORPH_DEMO_MODEL:-gznet}  # the default model; GZMORPH_DEMO_MODEL=seed-cnn for the report's CNN
 echo "== train $MODEL"

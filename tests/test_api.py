@@ -108,7 +108,7 @@ def test_intervals_of_the_packaged_model(tmp_path):
     value = table[[c for c in table.columns if c.endswith("_kaggle")]].to_numpy()
     assert lower.shape == value.shape == upper.shape == (1, 37)
     assert (lower <= value + 1e-6).all() and (value <= upper + 1e-6).all() and (lower >= 0).all()
-    for bad, needle in [(dict(tta=8, interval=1.5), "between 0 and 1"), (dict(tta=1, interval=0.9), "--tta 8"),
+    for bad, needle in [(dict(tta=8, interval=1.5), "between 0 and 1"), (dict(tta=2, interval=0.9), "--tta 8"),
                         (dict(tta=8, interval=0.9, columns="kaggle"), "named")]:
         with pytest.raises(GzmorphError, match=needle):
             model.predict(random_image(), **bad)

@@ -609,3 +609,24 @@ def test_unwritable_cache_dir_is_a_gzmorph_error(tmp_path, files):
 def test_default_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("GZMORPH_CACHE", str(tmp_path / "env-cache"))
     assert images_cache.default_cache_dir() == tmp_path / "env-cache"
+
+
+@pytest.mark.parametrize("make", ["jpg", "png", "fits", "array"])
+def test_a_blank_picture_is_refused_not_answered(tmp_path, make):
+    """An all-zero cutout (off a survey's footprint) would get answers as confident as a galaxy's."""
+    blank = np.zeros((200, 200, 3), np.uint8)
+    if make == "array":
+        import gzmorph
+        from gzmorph.errors import GzmorphError
+
+        with pytest.raises(GzmorphError, match="blank"):
+            gzmorph.load_model().predict(blank)
+        return
+    if make == "fits":
+        fits = pytest.importorskip("astropy.io.fits")
+        path = tmp_path / "b.fits"
+        fits.PrimaryHDU(np.zeros((200, 200), np.float32)).writeto(path)
+    else:
+        path = write_image(tmp_path / f"b.{make}", pixels=blank)
+    with pytest.raises(BadImage, match="blank"):
+        decode(path, FULL)

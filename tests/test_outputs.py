@@ -4,6 +4,9 @@ catalogues whose columns travel through, folders searched recursively, and every
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +77,7 @@ def test_every_named_column_is_described():
                          upper=np.ones((2, 37)))
     undescribed = [c for c in frame.columns[1:] if not describe(c)]
     assert not undescribed
-    assert {p for p, _ in column_table(spread=True, interval=True)} >= {"path", "<answer>_fraction"}
+    assert {p for p, _ in column_table(spread=True, interval=True)} >= {"tree_path", "<answer>_fraction"}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -112,7 +115,7 @@ def test_named_csv_parquet_and_fits_hold_the_same_numbers(run, folder, tmp_path)
     csv_, parquet, fits_ = tables[".csv"], tables[".parquet"], tables[".fits"]
     assert list(csv_.columns) == list(parquet.columns) == list(fits_.columns)
     assert "bar_yes_fraction" in csv_.columns and "bar_yes_kaggle_spread" in csv_.columns
-    assert list(fits_["path"].astype(str)) == list(parquet["path"]) == list(csv_["path"])
+    assert list(fits_["tree_path"].astype(str)) == list(parquet["tree_path"]) == list(csv_["tree_path"])
     for name in ("smooth_fraction", "bar_yes_kaggle", "odd_reached"):
         assert np.allclose(csv_[name], parquet[name], atol=1e-6) and np.allclose(fits_[name], parquet[name])
 
@@ -156,7 +159,8 @@ def test_catalogue_columns_travel_through(run, folder, tmp_path):
     out = tmp_path / "out.csv"
     assert predict(run, cat, "--id-column", "objid", "--path-column", "file", "-o", out) == 0
     table = pd.read_csv(out, dtype={"objid": str})
-    assert list(table.columns[:4]) == ["objid", "ra", "dec", "path"]  # named by default: Kaggle's header can't hold RA
+    assert list(table.columns[:5]) == ["objid", "ra", "dec", "file", "tree_path"]  # named: Kaggle's header can't hold RA
+    assert list(table["file"]) == ["imgs/101.jpg", "imgs/100.jpg"]  # which image each row came from
     assert list(table["objid"]) == ["0007", "42"]  # ids as written, leading zeros kept; catalogue order kept
     raw = out.read_text()
     assert "150.123456789" in raw and "1e-07" in raw  # the catalogue's own digits, not rounded to 6 decimals
@@ -233,9 +237,12 @@ def test_interval_columns_from_the_command_line(folder, tmp_path, capsys):
     assert (lower <= value + 1e-6).all() and (value <= upper + 1e-6).all() and (lower >= 0).all() and (upper <= 1).all()
     meta = json.loads(Path(f"{out}.json").read_text())
     assert meta["interval"] == 0.8 and meta["calibration"]["split"] == "valid"
+    assert predict(folder, "-o", tmp_path / "alone.csv", "--interval", 0.8) == 0  # no --tta: the calibration's 8
+    assert json.loads(Path(f"{tmp_path / 'alone.csv'}.json").read_text())["tta"] == 8
+    assert pd.read_csv(tmp_path / "alone.csv").equals(table)
     for argv, needle in [(["--tta", 8, "--interval", 1.5], "between 0 and 1"),
                          (["--tta", 8, "--interval", 0.9, "--columns", "kaggle"], "named"),
-                         (["--tta", 2, "--interval", 0.9], "--tta 8"),
+                         (["--tta", 2, "--interval", 0.9], "--tta 8"),  # --interval alone takes the 8 views
                          (["--tta", 8, "--calibration", tmp_path / "c.json"], "--interval")]:
         fails(capsys, ["predict", folder, "-o", tmp_path / "bad.csv", "-q", *argv], needle)
     assert not (tmp_path / "bad.csv").exists()
@@ -287,3 +294,14 @@ def test_shards_of_different_settings_do_not_merge(run, folder, tmp_path, capsys
     fails(capsys, ["merge", tmp_path / "p0.parquet", tmp_path / "p1.parquet", "-o", tmp_path / "m.parquet"],
           "--spread")
     assert not (tmp_path / "m.parquet").exists()
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(run, folder, tmp_path):
+    out = tmp_path / "a.parquet"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".a.parquet.tmp-{int(dead.stdout)}"  # what a SIGKILLed job leaves behind
+    stale.write_bytes(b"x" * 1000)
+    running = tmp_path / f".a.parquet.tmp-{os.getppid()}"  # a live writer's (our parent is alive): left alone
+    running.write_bytes(b"y")
+    assert predict(run, folder, "-o", out) == 0
+    assert not stale.exists() and running.exists() and out.is_file()

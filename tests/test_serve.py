@@ -517,6 +517,23 @@ def test_serve_on_the_packaged_model_names_it(monkeypatch, capsys):
     assert "None" not in out
 
 
+def test_the_queue_limit_is_set_from_the_command_line(fake_run, monkeypatch, capsys):
+    from gzmorph.cli import main
+
+    seen = []
+
+    def interrupted(self, poll_interval=0.5):
+        seen.append(self.predictor.info()["queue_limit"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serve_module.GzmorphServer, "serve_forever", interrupted)
+    assert main(["serve", str(fake_run), "--port", "0", "--device", "cpu", "--tta", "1", "--queue-limit", "3"]) == 0
+    assert main(["serve", str(fake_run), "--port", "0", "--device", "cpu", "--tta", "1"]) == 0
+    assert seen == [3, serve_module.QUEUE_LIMIT]
+    assert main(["serve", str(fake_run), "--port", "0", "--queue-limit", "0"]) == 2
+    assert "--queue-limit must be at least 1" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # The page, end to end in headless Chromium
 # ------------------------------------------------------------------------------------------------------------------

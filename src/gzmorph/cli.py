@@ -185,7 +185,8 @@ def _skipped_line(skipped: list[tuple[str, str]], listed_in: Path) -> str:
     for _, why in skipped:
         head, sep, tail = why.partition(": ")
         key = tail if sep and ("/" in head or "." in head) else why  # "imgs/x.jpg: no such file" -> "no such file"
-        reasons[key[:60]] = reasons.get(key[:60], 0) + 1
+        key = key.split(" (", 1)[0].split("; ", 1)[0]  # the reason, without its details (they are in the .json)
+        reasons[key] = reasons.get(key, 0) + 1
     common = "; ".join(f"{n} x {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
     return f"; left out {len(skipped)} input(s) ({common}{'; ...' if len(reasons) > 3 else ''}), listed in {listed_in}"
 
@@ -196,9 +197,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     run, images = _run_and_images(args, "predict")
     s = predict(run, images, args.output, spread=args.spread, columns=args.columns, restart=args.restart,
                 interval=args.interval, calibration=args.calibration, **_input_kwargs(args), **_run_kwargs(args))
-    resumed = f" ({s.n_resumed} of them by an earlier run of this job)" if s.n_resumed else ""
-    print(f"wrote {s.out}: {s.n_predicted} galaxies{resumed} in {s.seconds:.1f} s ({s.images_per_second:.0f} img/s)"
-          + _skipped_line(s.skipped, Path(f"{s.out}.json")))
+    done = (f"{s.n_predicted - s.n_resumed} now in {s.seconds:.1f} s ({s.images_per_second:.0f} img/s), {s.n_resumed} "
+            f"by an earlier run of this job" if s.n_resumed else
+            f"in {s.seconds:.1f} s ({s.images_per_second:.0f} img/s)")
+    print(f"wrote {s.out}: {s.n_predicted} galaxies {done}" + _skipped_line(s.skipped, Path(f"{s.out}.json")))
     return 0
 
 
@@ -233,7 +235,9 @@ def cmd_similar(args: argparse.Namespace) -> int:
     from .inference import similar as sim
 
     features = sim.open_features(args.features)
-    if (args.query is None) == (args.odd is None):
+    if args.query is not None and args.odd is not None:
+        raise BadArgument("similar takes --query ID|IMAGE (galaxies like it) or --odd N (the oddest galaxies), not both")
+    if args.query is None and args.odd is None:
         raise BadArgument("similar needs --query ID|IMAGE (galaxies like it) or --odd N (the oddest galaxies)")
     started = time.perf_counter()
     index = sim.Index(features, True if args.exact else None)
@@ -293,7 +297,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .inference.serve import serve
 
-    serve(args.run, host=args.host, port=args.port, index=args.index, images=args.images, **_run_kwargs(args))
+    if args.queue_limit is not None and args.queue_limit < 1:
+        raise BadArgument(f"--queue-limit must be at least 1, got {args.queue_limit}")
+    limit = {} if args.queue_limit is None else {"queue_limit": args.queue_limit}  # else serve's own default
+    serve(args.run, host=args.host, port=args.port, index=args.index, images=args.images, **limit,
+          **_run_kwargs(args))
     return 0
 
 
@@ -376,8 +384,8 @@ def _interval_flags(sp: argparse.ArgumentParser, where: str) -> None:
     """Calibrated intervals, and continuing a killed job: the flags predict and embed share."""
     sp.add_argument("--interval", type=float, metavar="LEVEL",
                     help=f"each answer's calibrated interval at this confidence level (e.g. 0.9): {where}; needs "
-                         f"the run's calibration (`gzmorph calibrate`; the packaged model ships one, made with --tta "
-                         f"8) and its --tta")
+                         f"the run's calibration (`gzmorph calibrate`; the packaged model ships one) and predicts "
+                         f"with its views (8 for the packaged model)")
     sp.add_argument("--calibration", metavar="FILE", help="--interval: this calibration file (`gzmorph calibrate "
                     "--out`) instead of the run's own")
     sp.add_argument("--restart", action="store_true", help="discard the partial rows of a killed run of this "
@@ -517,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--index", metavar="FEATURES", help="features of this run (`gzmorph embed`): the page then "
                     "shows the galaxies most like the dropped one")
     sv.add_argument("--images", help="--index: where the indexed images are now, if they moved since `embed`")
+    sv.add_argument("--queue-limit", type=int, metavar="N",
+                    help="uploads admitted at once (read, decoded, waiting or in the model); the next is answered 503 "
+                         "with Retry-After (default: 32; /api/info says the one in force)")
     _model_run_flags(sv, tta=8)
     sv.set_defaults(func=cmd_serve)
 
@@ -566,7 +577,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gzmorph: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("gzmorph: interrupted", file=sys.stderr)
+        resumable = args.command in ("predict", "embed")
+        print("gzmorph: interrupted" + ("; the same command continues where it stopped (a CSV predict, or embed)"
+                                        if resumable else ""), file=sys.stderr)
         return 130
 
 

@@ -7,6 +7,7 @@ process is killed or the disk fills mid-write.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 from pathlib import Path
@@ -38,6 +39,7 @@ def replace_atomically(tmp: Path, target: Path) -> None:
 def atomic_write(target: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` then move the result onto ``target`` atomically; clean up on any failure."""
     target = Path(target)
+    _remove_stale_temporaries(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
@@ -54,6 +56,27 @@ def write_error(target: Path, e: OSError) -> GzmorphError:
     """The one line for a file that could not be written (no space, no permission): which, why, what to check."""
     return GzmorphError(f"could not write {target} ({e.strerror or e}); the previous version, if any, is intact. "
                         f"Check free space and permissions of {Path(target).parent}")
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """A writer killed with SIGKILL (out of memory, a lost node) cannot clean up: its ``.NAME.tmp-PID`` would stay
+    beside the target for good, as large as what it had written. The next write of the same target removes those
+    whose process is gone (a PID still running is another writer's, and is left alone)."""
+    with contextlib.suppress(OSError):
+        for old in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
+            pid = old.name.rsplit(".tmp-", 1)[1]
+            if pid.isdigit() and not _running(int(pid)):
+                _remove_quietly(old)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but another user's
+        return True
+    return True
 
 
 def _remove_quietly(path: Path) -> None:

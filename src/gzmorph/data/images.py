@@ -247,6 +247,12 @@ def crop_resize(im: Image.Image, prep: Preprocess) -> np.ndarray:
         want = math.ceil(min(w, h) * prep.size / crop)
         im.draft("RGB", (want, want))
     im = as_rgb(im)
+    # A picture of one value (a blank cutout off a survey's footprint, an all-zero FITS) holds no galaxy, yet the model
+    # would answer it as confidently as any other: refused, not a plausible number.
+    extrema = im.getextrema()
+    if all(lo == hi for lo, hi in extrema):
+        raise BadImage(f"blank: every pixel is {extrema[0][0]} (a cutout off the survey's footprint?); there is no "
+                       f"galaxy to classify")
     # draft() may have shrunk the image: redo the crop box in the decoded pixels.
     f = im.size[0] / w
     cx, cy, half = im.size[0] / 2, im.size[1] / 2, crop * f / 2

@@ -170,7 +170,8 @@ def read_catalogue(path: Path, *, id_column: str | None, path_column: str | None
                           f"to leave such rows out (they are counted and listed)")
         log.warning("skipping %s line %d (%s %s): %s", path.name, line, id_column, gid, why)
         skipped.append((f"{path}:{line}", why))
-    extra = table.drop(columns=[c for c in (id_column, path_column) if c]).iloc[keep].reset_index(drop=True)
+    # Every other column travels to the output, the image paths too (which file each row came from).
+    extra = table.drop(columns=[id_column]).iloc[keep].reset_index(drop=True)
     return Inputs(paths, [ids.iloc[k] for k in keep], id_column, extra, skipped, str(path))
 
 

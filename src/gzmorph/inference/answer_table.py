@@ -10,7 +10,7 @@ how many were asked at all. The named table gives both, so nobody has to redo th
     <answer>_kaggle     Kaggle's cumulative value: <answer>_fraction x <question>_reached
     <question>_reached  share of all volunteers who were asked the question (Kaggle value of its parent answer)
     <question>_answer   the answer with the largest fraction
-    path                the questions a volunteer following the majority at each step is asked, and their answers
+    tree_path           the questions a volunteer following the majority at each step is asked, and their answers
 
 ``COLUMN_TABLE`` describes every column once: the README's table, the FITS header's comments and ``--help`` read it.
 """
@@ -33,7 +33,7 @@ ROOT_SEPARATOR = " | "  # between the walk from Q1 and the one from Q6 ("anythin
 
 def column_table(spread: bool = False, interval: bool = False) -> list[tuple[str, str]]:
     """(column name pattern, what it holds) for the named table, in its order after the id and catalogue columns."""
-    rows = [("path", f"the most likely walk through the tree: answer names joined by '{PATH_SEPARATOR.strip()}', "
+    rows = [("tree_path", f"the most likely walk through the tree: answer names joined by '{PATH_SEPARATOR.strip()}', "
                      f"then '{ROOT_SEPARATOR.strip()}' and the walk from Q6 (anything odd?)"),
             ("<question>_answer", "the question's most likely answer (largest fraction), e.g. bar_answer = bar_no"),
             ("<question>_reached", "share of all volunteers who were asked the question (1 for shape and odd)"),
@@ -94,7 +94,7 @@ def named_columns(values: np.ndarray, *, spread: np.ndarray | None = None, lower
     values = np.asarray(values, dtype=np.float64)
     shares = tree.answer_shares(values)
     reached = tree.expected_sums(values)  # what each question's answers sum to: the share of volunteers asked it
-    cols: dict[str, object] = {"path": most_likely_paths(values)}
+    cols: dict[str, object] = {"tree_path": most_likely_paths(values)}
     for qi, q in enumerate(tree.QUESTIONS):
         best = np.argmax(shares[:, q.slice], axis=1)  # ties go to the first answer, as in most_likely_path
         cols[f"{q.name}_answer"] = [q.answers[b].name for b in best]
@@ -114,7 +114,7 @@ def describe(column: str) -> str:
         a = tree.ANSWERS[tree.COLUMN_INDEX[column]]
         return f"Kaggle cumulative value of Q{a.question} '{a.text}' ({a.name})"
     for pattern, text in column_table(spread=True, interval=True):
-        if not pattern.startswith("<"):  # a fixed name, e.g. "path"
+        if not pattern.startswith("<"):  # a fixed name, e.g. "tree_path"
             if column == pattern:
                 return text
             continue
@@ -139,17 +139,18 @@ def answer_columns(values: np.ndarray, ids: Sequence[str], *, columns: str = "na
                    spread: np.ndarray | None = None, lower: np.ndarray | None = None,
                    upper: np.ndarray | None = None) -> dict[str, object]:
     """The columns of an answer table (name -> one value per galaxy): ``id_column``, then ``extra`` (a catalogue's
-    other columns, a DataFrame with one row per galaxy), then the answers as ``columns`` says (``kaggle``: Kaggle's
+    other columns, or the files', as a DataFrame or a dict of columns, one row per galaxy), then the answers as ``columns`` says (``kaggle``: Kaggle's
     ClassN.M columns; ``named``: see the module). Plain arrays and lists, so writing a CSV needs no pandas.
 
     A fine-tuned run (``task``, a ``gzmorph.tasks.Task``) writes its own outputs by name, plus each class column's
     predicted class; ``spread`` then follows each output as ``<output>_spread``."""
     data: dict[str, object] = {id_column: list(ids)}
-    if extra is not None:
-        for name in extra.columns:
-            if name in data:
-                raise BadArgument(f"the catalogue's column {name!r} would clash with gzmorph's own column of that name")
-            data[name] = extra[name].array  # the column as it was read (nullable integers stay integers)
+    # The column as it was read (nullable integers stay integers); a dict of columns is taken as it is.
+    extra = extra if extra is None or isinstance(extra, dict) else {n: extra[n].array for n in extra.columns}
+    for name, column in (extra or {}).items():
+        if name in data:
+            raise BadArgument(f"the catalogue's column {name!r} would clash with gzmorph's own column of that name")
+        data[name] = column
     if task is not None:
         names = list(output_names)
         for k, name in enumerate(names):
@@ -162,7 +163,7 @@ def answer_columns(values: np.ndarray, ids: Sequence[str], *, columns: str = "na
         for k, name in enumerate(tree.COLUMNS):
             data[name] = np.asarray(values[:, k], np.float32)
     else:
-        clash = [c for c in (extra.columns if extra is not None else ()) if c in named_column_names()]
+        clash = [c for c in (extra or {}) if c in named_column_names()]
         if clash:
             raise BadArgument(f"the catalogue's column {clash[0]!r} would clash with gzmorph's own column of that name; "
                               f"rename it")

@@ -118,7 +118,7 @@ def check_calibration(cal: Calibration, weights_sha256: str, tta: int, source: s
                      f"are {weights_sha256[:16]}...; their errors differ, so recalibrate: `gzmorph calibrate RUN "
                      f"--data DIR`")
     if cal.tta != tta:
-        raise BadArgument(f"{source} was made with --tta {cal.tta}: the spread over {tta} views is on another "
+        raise BadArgument(f"{source} was made with --tta {cal.tta}: the spread over {tta} view(s) is on another "
                           f"scale, so predict with --tta {cal.tta}, or recalibrate with --tta {tta}")
 
 
@@ -126,10 +126,13 @@ def calibration_for(run: str | Path | None, loaded: runs.LoadedModel, tta: int,
                     path: str | Path | None = None) -> Calibration:
     """The calibration of ``run`` (or the file ``path``), checked against the model about to predict
     (``runs.load_model``) and its views: what `predict --interval` and the Python API need before computing
-    intervals."""
+    intervals. ``tta`` 1 (no views asked for: there is no spread over one view) means the calibration's own views,
+    which the caller then predicts with (``cal.tta``)."""
     path = Path(path) if path is not None else calibration_path(run)
     cal = load_calibration(run, path)
-    check_calibration(cal, loaded.sha256, tta, str(path))
+    check_calibration(cal, loaded.sha256, cal.tta if tta == 1 else tta, str(path))
+    if tta == 1 and cal.tta != 1:
+        log.info("--interval: predicting with the calibration's %d views (--tta %d)", cal.tta, cal.tta)
     return cal
 
 

@@ -102,6 +102,7 @@ def embed(run: str | Path | None, images: str | Path, out: str | Path = "feature
     if not hasattr(loaded.model, "features"):
         raise BadData(f"{run}: its model has no pooled features to embed")
     cal = calibration_for(run_name, loaded, tta, calibration) if interval is not None else None
+    tta = cal.tta if cal is not None else tta  # --interval alone: the calibration's views
     inputs = collect_inputs(images, recursive=recursive, id_column=id_column, path_column=path_column,
                             images=catalogue_images, skip_bad=skip_bad)
     inputs.check_not_empty("embed")

@@ -4,12 +4,13 @@
     >>> model = gzmorph.load_model()          # the model inside gzmorph; or load_model("runs/gz")
     >>> model
     GalaxyModel(run='pretrained', model='gznet', crop 192 px -> 64 px, outputs: the 37 answers of the tree)
-    >>> sky = np.zeros((424, 424, 3), np.uint8)   # any uint8 RGB picture, a PIL image, a file, a folder, or a list
+    >>> sky = np.random.default_rng(0).integers(0, 20, (424, 424, 3), np.uint8)   # any uint8 RGB picture, a PIL
+    >>> # image, a file, a folder, or a list of them (a blank picture, of one value, is refused: it holds no galaxy)
     >>> table = model.predict([sky, sky], tta=8)
     >>> table.shape                           # one row per image; the columns of the named table (see the README)
     (2, 97)
     >>> list(table.columns[:5])
-    ['path', 'shape_answer', 'shape_reached', 'smooth_fraction', 'smooth_kaggle']
+    ['tree_path', 'shape_answer', 'shape_reached', 'smooth_fraction', 'smooth_kaggle']
     >>> bool(np.allclose(table.filter(like="shape_").filter(like="_fraction").sum(axis=1), 1, atol=1e-5))
     True
     >>> model.predict(sky, columns="kaggle").columns[0]   # Kaggle's submission columns instead
@@ -78,8 +79,8 @@ class GalaxyModel:
         return (f"GalaxyModel(run={self.run!r}, model={self.loaded.config.model!r}, crop {prep.crop} px -> "
                 f"{prep.size} px, outputs: {outputs})")
 
-    def pixels(self, images, ids: Sequence | None = None, *, skip_bad: bool = False,
-               workers: int = 1) -> tuple[list, np.ndarray, list[tuple[str, str]]]:
+    def pixels(self, images, ids: Sequence | None = None, *, skip_bad: bool = False, workers: int = 1,
+               recursive: bool = False) -> tuple[list, np.ndarray, list[tuple[str, str]]]:
         """What the model sees: (ids, (N, size, size, 3) uint8 pixels, skipped (file, why)). See :meth:`predict`
         for what ``images`` may be."""
         items = _as_items(images)
@@ -89,7 +90,7 @@ class GalaxyModel:
         out_ids, pixels, skipped = [], [], []
         for k, item in enumerate(items):
             if isinstance(item, (str, Path)):
-                inputs = collect_inputs(item)
+                inputs = collect_inputs(item, recursive=recursive)
                 if ids is not None and len(inputs) != 1:
                     raise BadArgument(f"ids: item {k} ({item}) holds {len(inputs)} images, but ids names one per item; "
                                       f"leave ids out (files are named by their GalaxyID) or list the files")
@@ -118,15 +119,15 @@ class GalaxyModel:
 
     def predict(self, images, *, tta: int = 1, columns: str = "named", spread: bool = False,
                 interval: float | None = None, calibration: str | Path | None = None, ids: Sequence | None = None,
-                batch_size: int = 256, skip_bad: bool = False, workers: int = 1):
+                batch_size: int = 256, skip_bad: bool = False, workers: int = 1, recursive: bool = False):
         """The answers for ``images`` as a pandas DataFrame indexed by galaxy id.
 
-        ``images``: a file or folder path (or a .txt list of paths), a PIL image, a uint8 (or uint16) array of one
+        ``images``: a file or folder path (``recursive``: with its subfolders; or a .txt list of paths), a PIL image, a uint8 (or uint16) array of one
         picture (H, W, 3) / (H, W) or of many (N, H, W, 3), or a list mixing them. Files are named by their GalaxyID
         (the file name without its suffix); in-memory pictures by their position, unless ``ids`` names each item.
 
         ``columns``: "named" (per answer its ``_fraction`` of the volunteers asked and its ``_kaggle`` value, per
-        question its most likely ``_answer`` and how many were ``_reached``, the most likely ``path``) or "kaggle"
+        question its most likely ``_answer`` and how many were ``_reached``, the most likely ``tree_path``) or "kaggle"
         (Kaggle's 37 ClassN.M columns). ``tta``: views averaged (1, 2, 4, 8, 16, 32); ``spread``: each answer's standard
         deviation over them too. ``interval`` (a level in (0, 1), e.g. 0.9): each answer's calibrated interval,
         ``<answer>_kaggle_lower`` and ``_upper`` (the run's calibration, or the file ``calibration``; the packaged
@@ -143,7 +144,8 @@ class GalaxyModel:
             if columns == "kaggle":
                 raise BadArgument("intervals are columns of the named table: leave columns='named'")
             cal = calibration_for(self.run, self.loaded, tta, calibration)
-        names, pixels, skipped = self.pixels(images, ids, skip_bad=skip_bad, workers=workers)
+            tta = cal.tta  # interval alone (tta=1): the calibration's views
+        names, pixels, skipped = self.pixels(images, ids, skip_bad=skip_bad, workers=workers, recursive=recursive)
         need_spread = spread or cal is not None
         answers = predict_answers(self.loaded, pixels, batch_size, tta, spread=need_spread)
         values, sd = answers if need_spread else (answers, None)
@@ -156,14 +158,14 @@ class GalaxyModel:
         return table
 
     def embed(self, images, *, ids: Sequence | None = None, batch_size: int = 256, skip_bad: bool = False,
-              workers: int = 1):
+              workers: int = 1, recursive: bool = False):
         """The model's pooled features of ``images`` (as :meth:`predict` takes them), one row per galaxy: what
         ``gzmorph embed`` writes and ``gzmorph similar`` searches (compare rows by cosine similarity)."""
         import pandas as pd
 
         if not hasattr(self.loaded.model, "features"):
             raise BadData(f"{self.run}: its model has no pooled features to embed")
-        names, pixels, skipped = self.pixels(images, ids, skip_bad=skip_bad, workers=workers)
+        names, pixels, skipped = self.pixels(images, ids, skip_bad=skip_bad, workers=workers, recursive=recursive)
         features, _ = embed_array(self.loaded.model, pixels, batch_size, self.loaded.policy)
         table = pd.DataFrame(features, index=pd.Index(names, name="GalaxyID"),
                              columns=[f"feature_{k}" for k in range(features.shape[1])])

@@ -146,6 +146,7 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
     loaded = runs.load_model(run, which, dev, precision)
     task = runs.task_of(loaded.config)
     calibration = calibration_for(run_name, loaded, tta, calibration) if interval is not None else None
+    tta = calibration.tta if calibration is not None else tta  # --interval alone: the calibration's views
     mine = inputs.take(shard_slice(len(inputs), *shard)) if shard else inputs
     if shard:
         log.info("shard %d/%d: %d of %d images", shard[0], shard[1], len(mine), len(inputs))
@@ -157,7 +158,12 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
     started = time.perf_counter()
 
     def frame(rows: list[int], values: np.ndarray, sd: np.ndarray | None):
-        extra = None if mine.extra is None or columns == "kaggle" else mine.extra.iloc[rows]
+        if columns == "kaggle":  # Kaggle's header exactly
+            extra = None
+        elif mine.extra is None:  # a folder or list: which file each row came from (subfolders, other names)
+            extra = {"file": [str(mine.paths[r]) for r in rows]}
+        else:  # a catalogue: its own columns, its image column among them
+            extra = mine.extra.iloc[rows]
         lower, upper = intervals(calibration, values, sd, interval) if calibration else (None, None)
         return answer_columns(values, [mine.ids[r] for r in rows], columns=columns, id_column=mine.id_column,
                             extra=extra, task=task, output_names=runs.output_names(loaded.config),

@@ -152,7 +152,7 @@ def write_fits(frame, path: Path, describe) -> None:
         raise BadData(f"{path}: cannot be written as a FITS table ({e}); write .parquet or .csv") from None
     for k, name in enumerate(table.colnames, start=1):
         text = describe(name)
-        if text:
-            hdu.header[f"TCOMM{k}"] = text[:68]  # one 80-character card; longer texts live in the README
+        if text:  # one 80-character card: a longer text is cut at a word, the whole of it is in the README
+            hdu.header[f"TCOMM{k}"] = text if len(text) <= 68 else text[:65].rsplit(" ", 1)[0] + "..."
     hdu.header["ORIGIN"] = "gzmorph"
     fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=True)
