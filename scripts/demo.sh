@@ -22,6 +22,7 @@ mkdir -p "$RUN"
 TEST_IMAGES="$DATA/images_test_rev1"
 echo "== predict with the model inside gzmorph, before training anything"
 gzmorph predict "$TEST_IMAGES" -o "$RUN/pretrained.csv" --tta 8
+gzmorph predict "$TEST_IMAGES" -o "$RUN/pretrained-named.csv" --interval 0.9   # named columns + 90 % intervals
 if [ -f "$DATA/splits.csv" ]; then  # real data: how it scores on the test split it never saw
   gzmorph evaluate pretrained --data "$DATA" --split test --tta 8 --out "$RUN/pretrained"
 fi
@@ -43,5 +44,9 @@ echo "  eval-$SPLIT.json, rmse_per_question_$SPLIT.png     RMSE overall and per 
 echo "  gallery_$SPLIT.png, gallery_${SPLIT}_worst.png      galaxies with true vs predicted answers; the worst ones"
 echo "  submission.csv (+ .json)                          Kaggle-format predictions for $TEST_IMAGES"
 echo "  pretrained.csv                                    the same images answered by the model inside gzmorph"
+echo "  pretrained-named.csv                              the same, readable: bar_yes_fraction, tree_path, 90 % intervals"
+if [ -f "$DATA/splits.csv" ]; then
+  echo "  pretrained/eval-test.json                         the model inside gzmorph scored on the test split"
+fi
 echo
 echo "Next: gzmorph serve $RUN   (a web page: drop a galaxy image, read the decision tree's answers)"
