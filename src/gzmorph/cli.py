@@ -431,7 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     ft = sub.add_parser("finetune", help="fine-tune a trained model (default: the one inside gzmorph) on your own "
-                                         "labels: classes, fractions or numbers")
+                                         "labels: classes, fractions or numbers",
+                        description="Fine-tune a trained model (default: the one inside gzmorph) on your own labels. "
+                                    "Needs --labels FILE.csv (GalaxyID + your columns: text cells are classes, numbers "
+                                    "in [0, 1] fractions, other numbers numbers; empty cells unknown) and --images DIR "
+                                    "(<GalaxyID>.jpg, .png, .tif, FITS), or --resume RUN. It says how many galaxies it "
+                                    "holds out and reports, per column, how well it learnt beside a baseline that "
+                                    "learnt nothing.")
     ft.add_argument("--resume", metavar="RUN", help="continue the interrupted fine-tuning run in RUN")
     _config_flags(ft, finetune=True)
     ft.add_argument("--freeze-layers", type=int, help=argparse.SUPPRESS)
