@@ -38,13 +38,13 @@ from typing import Sequence
 import numpy as np
 
 from .. import runs
-from ..data.decoder import decode_chunks
 from ..data.images import crop_resize, scale_16_bit
 from ..data.inputs import collect_inputs
 from ..errors import BadArgument, BadData, BadImage
 from .answer_table import answer_frame
 from .calibration import calibration_for
 from .intervals import check_interval_options, intervals
+from .predict import ImageStream
 from .tta import check_tta, embed_array, predict_answers
 
 
@@ -94,13 +94,16 @@ class GalaxyModel:
                 if ids is not None and len(inputs) != 1:
                     raise BadArgument(f"ids: item {k} ({item}) holds {len(inputs)} images, but ids names one per item; "
                                       f"leave ids out (files are named by their GalaxyID) or list the files")
-                for chunk in decode_chunks(inputs.paths, prep, chunk=256, workers=workers):
-                    for i, why in chunk.bad:
-                        if not skip_bad:
-                            raise BadData(f"{inputs.paths[i]}: {why} (skip_bad=True leaves such images out)")
-                        skipped.append((str(inputs.paths[i]), why))
-                    pixels.extend(chunk.pixels)
-                    out_ids.extend(ids[k] if ids is not None else inputs.ids[i] for i in chunk.good)
+                # The command line's decoding and skip rules, in the API's words.
+                stream = ImageStream(inputs.paths, prep, batch_size=256, workers=workers, skip_bad=skip_bad,
+                                     listed_in='table.attrs["skipped"]', progress=False, skip_flag="skip_bad=True")
+                try:
+                    for rows, chunk in stream:
+                        pixels.extend(chunk)
+                        out_ids.extend(ids[k] if ids is not None else inputs.ids[i] for i in rows)
+                except BadImage as e:
+                    raise BadData(str(e)) from None
+                skipped += stream.skipped
             else:
                 try:
                     pixels.append(crop_resize(_as_picture(item, k), prep))
@@ -109,12 +112,12 @@ class GalaxyModel:
                 out_ids.append(ids[k] if ids is not None else k)
         if not pixels:
             raise BadData("none of the images could be read" if skipped else "no images given")
-        seen: dict = {}
+        seen: set = set()
         for name in out_ids:
             if name in seen:  # a table with one id twice cannot be joined back to a catalogue
                 raise BadArgument(f"two images are named {name!r} (files with one GalaxyID in two folders?); name each "
                                   f"item with ids=[...]")
-            seen[name] = True
+            seen.add(name)
         return out_ids, np.stack(pixels), skipped
 
     def predict(self, images, *, tta: int = 1, columns: str = "named", spread: bool = False,

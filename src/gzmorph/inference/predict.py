@@ -53,9 +53,11 @@ class ImageStream:
     ``skipped`` (and the caller records it in its ``.json``, named by ``listed_in``)."""
 
     def __init__(self, paths: Sequence[Path], prep: Preprocess, *, batch_size: int, workers: int, skip_bad: bool,
-                 listed_in: str, progress: bool = True, desc: str = "predicting", overlap: bool = False):
+                 listed_in: str, progress: bool = True, desc: str = "predicting", overlap: bool = False,
+                 skip_flag: str = "--skip-bad"):
         self.paths, self.prep, self.batch_size, self.workers = list(paths), prep, batch_size, workers
         self.skip_bad, self.listed_in, self.progress, self.desc = skip_bad, listed_in, progress, desc
+        self.skip_flag = skip_flag  # how the caller's user asks to skip: a flag, or the API's skip_bad=True
         # Decode beside the model only where the model runs elsewhere (a GPU); on the CPU they take turns.
         self.ahead = 2 if overlap else 0
         self.skipped: list[tuple[str, str]] = []
@@ -79,7 +81,7 @@ class ImageStream:
                 self.done = c.start + c.size
                 for i, why in c.bad:
                     if not self.skip_bad:
-                        raise BadImage(f"{self.paths[i]}: {why}; fix or remove it, or pass --skip-bad to leave such "
+                        raise BadImage(f"{self.paths[i]}: {why}; fix or remove it, or pass {self.skip_flag} to leave such "
                                        f"images out (they are listed in {self.listed_in})")
                     log.warning("skipping %s: %s", self.paths[i], why)
                     self.skipped.append((str(self.paths[i]), why))
