@@ -193,10 +193,11 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
         log.warning("shard %d/%d holds none of the %d images; writing a table with the header only", *shard,
                     len(inputs))
     if suffix == ".csv":  # rows append to a journalled partial file: a killed job resumes (journal.py)
+        # What makes the job this job; not the batch size, which moves only the last bits of some numbers.
         job = {"inputs_sha256": inputs.digest(), "shard": list(shard) if shard else None, "n_inputs": len(mine),
                "weights_sha256": loaded.sha256, "tta": tta, "precision": loaded.policy.name, "columns": columns,
                "spread": spread, "interval": interval, "format": suffix,
-               "calibration": calibration.data if calibration else None}  # not the batch size: another one changes only last bits
+               "calibration": calibration.data if calibration else None}
         try:
             journal = Journal.start(out, job, ["rows", "spread"] if separate_spread else ["rows"], restart=restart)
         except OSError as e:
@@ -221,7 +222,7 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
         finally:
             for w in filter(None, (table, extra)):
                 w.close()
-        if journal.rows + stream.n_good == 0 and mine.paths:
+        if done_before + stream.n_good == 0 and mine.paths:
             journal.discard()
             raise nothing_read()
         try:
