@@ -32,6 +32,9 @@ from gzmorph.errors import GzmorphError  # noqa: E402
 from gzmorph.precision import pick_device  # noqa: E402
 from machine import describe_machine, machine_tag  # noqa: E402
 
+# Stand-ins in a row's overrides for paths given on the command line (--teacher, --unlabelled).
+TEACHER, UNLABELLED = "<teacher>", "<unlabelled>"
+
 # name -> (model, TrainConfig overrides, what the recipe is). The first row is the student report's recipe.
 ROWS: dict[str, tuple[str, dict, str]] = {
     "seed-cnn/report": ("seed-cnn", {"use_partial": False},
@@ -62,6 +65,16 @@ ROWS: dict[str, tuple[str, dict, str]] = {
                          "gznet 1.5x wide cut to the epochs that fit 15 minutes in bf16 on 2 CPU cores"),
     "gznet/24ep-bf16": ("gznet", {"epochs": 24, "precision": "bf16"},
                         "gznet recipe cut to 24 epochs (the old 15-minute row), bf16 channels-last"),
+    # Distillation on the CPU (issue 20 without a GPU): the packaged model trained on, at equal optimizer steps
+    # (~4,000 of batch 64), on its own labelled data alone, then with the unlabelled galaxies it labelled itself.
+    "gz2/continue": ("gznet", {"init": "pretrained", "train_on_valid": True, "epochs": 24, "lr": 5e-4,
+                               "warmup_epochs": 1},
+                     "the packaged model, 24 more epochs (3,900 steps) on train + valid + partial at lr 5e-4: the "
+                     "control for gz2/distil"),
+    "gz2/distil": ("gznet", {"init": "pretrained", "train_on_valid": True, "epochs": 8, "lr": 5e-4,
+                             "warmup_epochs": 0.33, "soft_labels": TEACHER, "soft_images": UNLABELLED},
+                   "the packaged model, 8 more epochs (4,000 steps) on the same + 21,589 unlabelled galaxies with its "
+                   "own 16-view answers as soft labels (and the partial galaxies' gaps filled)"),
 }
 DEFAULT_ROWS = ("seed-cnn/report", "gznet/cpu-15min")
 TTA_SCORED = (1, 8, 32)  # views averaged at test time: none, the square's 8 symmetries, those of 4 turns
@@ -69,6 +82,7 @@ TTA_SCORED = (1, 8, 32)  # views averaged at test time: none, the square's 8 sym
 
 def run_row(name: str, args) -> dict:
     model, overrides, recipe = ROWS[name]
+    overrides = {k: _path_for(v, args) for k, v in overrides.items()}
     run = Path(args.runs) / name.replace("/", "__")
     cfg = gzmorph.TrainConfig(data=args.data, out=str(run), model=model, device=args.device, **overrides)
     finished = (run / runs.CHECKPOINT).exists() and \
@@ -102,6 +116,22 @@ def run_row(name: str, args) -> dict:
         "test": scores, "test_baseline": {"rmse": baseline["rmse"], "per_question": baseline["per_question"]},
         "n_test": result["n_galaxies"], "command": f"python benchmarks/accuracy.py --rows {name}",
     }
+
+
+def _path_for(value, args):
+    """A row's override with the stand-ins replaced; the teacher's file is made (by the packaged model) when missing."""
+    if value == UNLABELLED:
+        return args.unlabelled
+    if value != TEACHER:
+        return value
+    if not Path(args.teacher).exists():
+        from gzmorph.inference.teacher import write_teacher_labels
+
+        # Every image of the labelled folder too: the partial galaxies' gaps are filled from it, and training leaves
+        # out the test (and held-out valid) galaxies it also answers.
+        write_teacher_labels([None], [Path(args.data) / "images_training_rev1", args.unlabelled], args.teacher,
+                             tta=16, device=args.device, progress=not args.quiet)
+    return args.teacher
 
 
 def _stopped_early(run: Path) -> bool:
@@ -141,6 +171,10 @@ def main() -> None:
     p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), help="row names (see --list)")
     p.add_argument("--runs", default=str(HERE / "runs"), help="where the rows' run folders go")
     p.add_argument("--device", default="auto")
+    p.add_argument("--unlabelled", default=str(HERE.parent.parent / "shared" / "data" / "galaxy-zoo-unlabelled" /
+                                               "images"), help="the unlabelled galaxies' images (distillation rows)")
+    p.add_argument("--teacher", default=str(HERE / "runs" / "teacher-gz2-tta16.csv"),
+                   help="the soft-label file of the distillation rows; made by the packaged model when missing")
     p.add_argument("--cold-cache", action="store_true",
                    help="train new rows from an empty image cache, so the wall-clock includes decoding")
     p.add_argument("--list", action="store_true", help="list the rows and exit")

@@ -84,7 +84,7 @@ def assert_same_weights(a: Path, b: Path, names=WEIGHT_FILES) -> None:
 
 
 def metrics_without_time(run: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in runs.read_metrics(run)]
+    return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in runs.read_metrics(run)]
 
 
 def temp_files(folder: Path) -> list[str]:
@@ -130,8 +130,9 @@ def synth(tmp_path_factory):
 
 def run_args(synth, out, epochs=2, *extra) -> list:
     data, cache = synth
+    # --checkpoint-every 0: a checkpoint after every epoch, as a CPU's minute-long epochs get, for these to kill
     return ["train", "--data", data, "--out", out, *TINY, "--epochs", epochs, "--limit", 48, "--batch-size", 16,
-            "--cache-dir", cache, *FAST, *extra]
+            "--cache-dir", cache, "--checkpoint-every", 0, *FAST, *extra]
 
 
 @pytest.fixture(scope="module")
@@ -545,6 +546,52 @@ def test_sigkill_then_resume_is_bitwise_the_uninterrupted_run(tmp_path, synth, p
     assert_same_weights(killed, straight)
     assert metrics_without_time(killed) == metrics_without_time(straight), f"killed after epoch {done_before}"
     assert [r["epoch"] for r in runs.read_metrics(killed)] == [1, 2, 3]
+
+
+def test_sigterm_stops_after_the_epoch_with_a_checkpoint_and_resume_is_bitwise(tmp_path, synth):
+    """What a batch scheduler does before it kills a job: SIGTERM. The run finishes its epoch, writes a checkpoint
+    however long ago the last one was (--checkpoint-every is long here), says how to continue and exits 143."""
+    env = {**os.environ, "GZMORPH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    # 12 epochs: SIGTERM comes after the first, long before the last could finish.
+    ref = _spawn(run_args(synth, straight, 12), env, tmp_path / "straight.log")
+    log = tmp_path / "stopped.log"
+    victim = _spawn(run_args(synth, stopped, 12, "--checkpoint-every", 3600), env, log)
+    try:
+        deadline = time.monotonic() + 90
+        while victim.poll() is None and time.monotonic() < deadline and "epoch 1/12" not in log.read_text():
+            time.sleep(0.01)
+        assert not (stopped / runs.CHECKPOINT).exists(), "a checkpoint before it was due"
+        victim.send_signal(signal.SIGTERM)
+        assert victim.wait(timeout=60) == 143, log.read_text()
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    said = log.read_text()
+    assert "gzmorph: stopped: SIGTERM" in said and f"--resume {stopped}" in said and "Traceback" not in said
+    done_before = checkpoint_progress(stopped)["epoch"]
+    assert 1 <= done_before < 12
+    assert len(runs.read_metrics(stopped)) == done_before
+    resume = _spawn(["train", "--resume", stopped, "-q"], env, tmp_path / "resume.log")
+    _finish(resume, tmp_path / "resume.log")
+    _finish(ref, tmp_path / "straight.log")
+    assert_same_weights(stopped, straight)
+    assert metrics_without_time(stopped) == metrics_without_time(straight)
+
+
+def test_files_are_written_on_the_checkpoint_cadence_and_always_at_the_end(tmp_path, synth):
+    """A GPU's epochs take a second: the best and last weights and the checkpoint are written every
+    --checkpoint-every seconds, not every epoch, and always after the last one -- the same files as ever."""
+    every, rarely = tmp_path / "every", tmp_path / "rarely"
+    assert main([str(a) for a in run_args(synth, every, 3)]) == 0
+    assert main([str(a) for a in run_args(synth, rarely, 3, "--checkpoint-every", 3600)]) == 0
+    assert [("save_seconds" in r) for r in runs.read_metrics(every)] == [True, True, True]
+    assert [("save_seconds" in r) for r in runs.read_metrics(rarely)] == [False, False, True]
+    assert_same_weights(rarely, every)
+    for row in runs.read_metrics(rarely):  # the epoch's wall-clock, split
+        assert row["train_seconds"] > 0 and row["valid_seconds"] > 0
+        assert row["seconds"] == pytest.approx(row["train_seconds"] + row["valid_seconds"] + row.get("save_seconds", 0))
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 
 def test_resume_with_schedule_and_weight_average_is_bitwise_identical(synthetic_data, tmp_path, monkeypatch):
     kw = dict(model="gznet", epochs=3, augment="strong", schedule="cosine", warmup_epochs=1, ema=0.9,
-              weight_decay=1e-3, model_options={"widths": [8, 16], "depths": [1, 1]})
+              weight_decay=1e-3, model_options={"widths": [8, 16], "depths": [1, 1]}, checkpoint_every=0)
     straight = gzmorph.train(_cfg(synthetic_data, tmp_path / "a", **kw), progress=False)
 
     # The same run, killed right after its epoch-1 checkpoint, then resumed.
@@ -165,8 +165,8 @@ def test_resume_with_schedule_and_weight_average_is_bitwise_identical(synthetic_
         assert any(k.startswith("ema.") for k in wa) or name != runs.CHECKPOINT
         for k in wa:
             assert (wa[k] == wb[k]).all(), (name, k)
-    drop_time = [{k: v for k, v in r.items() if k != "seconds"} for r in runs.read_metrics(straight)]
-    assert drop_time == [{k: v for k, v in r.items() if k != "seconds"} for r in runs.read_metrics(resumed)]
+    drop_time = [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in runs.read_metrics(straight)]
+    assert drop_time == [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in runs.read_metrics(resumed)]
 
 
 def test_early_stopping_ends_the_run_and_resume_respects_it(synthetic_data, tmp_path):
@@ -249,3 +249,29 @@ def test_a_header_length_ending_in_0x80_is_covered():
 
     firsts = {save({"w": torch.ones(2)}, metadata={"pad": "x" * pad})[0] for pad in range(0, 300, 7)}
     assert 0x80 in firsts
+
+
+def test_batches_from_a_device_resident_set_train_bitwise_as_from_host_memory(synthetic_data, tmp_path, monkeypatch):
+    """On a GPU the training set is copied there once and every batch (rows, augmentation) is gathered on it
+    (training/resident.py); the CPU runs the same code when told to, and the run must not change by one bit."""
+    from gzmorph.training import loop
+
+    host = gzmorph.train(_cfg(synthetic_data, tmp_path / "host", epochs=2, augment="strong"), progress=False)
+    monkeypatch.setattr(loop, "keep_on_device", lambda data, device: True)
+    resident = gzmorph.train(_cfg(synthetic_data, tmp_path / "resident", epochs=2, augment="strong"), progress=False)
+    a, b = load_file(host / runs.LAST), load_file(resident / runs.LAST)
+    for k in a:
+        assert (a[k] == b[k]).all(), k
+    assert runs.read_metrics(host)[-1]["train_loss"] == runs.read_metrics(resident)[-1]["train_loss"]
+
+
+def test_a_gpu_gets_the_large_batch_recipe_unless_the_run_sets_its_own():
+    cpu = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet"))
+    gpu = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet"), "cuda")
+    assert (cpu.batch_size, cpu.lr, cpu.warmup_epochs) == (64, 2e-3, 1)
+    assert gpu.batch_size >= 512 and gpu.lr > cpu.lr and gpu.warmup_epochs > cpu.warmup_epochs
+    assert gpu.epochs == cpu.epochs  # the same passes over the data: only the step size changes
+    mine = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet", batch_size=64), "cuda")
+    assert (mine.batch_size, mine.lr, mine.warmup_epochs) == (64, 2e-3, 1), "a lr tuned for 512 at batch 64"
+    tuned = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet", labels="l.csv", images="d"), "cuda")
+    assert tuned.batch_size == 64, "fine-tuning keeps its own recipe"

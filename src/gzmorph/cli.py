@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from .config import PRECISIONS, RECIPE, TTA_VIEWS, TrainConfig
-from .errors import BadArgument, GzmorphError
+from .errors import BadArgument, GzmorphError, TrainingStopped
 
 log = logging.getLogger("gzmorph")
 
@@ -579,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)
+    except TrainingStopped as e:
+        print(f"gzmorph: stopped: {e}", file=sys.stderr)
+        return e.exit_status
     except GzmorphError as e:
         print(f"gzmorph: error: {e}", file=sys.stderr)
         return 2

@@ -123,6 +123,16 @@ class TrainConfig:
                                           "to a question the model never saw", factory=list, train_only=True)
     use_partial: bool = knob(True, "train on training_solutions_partial.csv too (its unknown answers are masked "
                                    "in the loss)", train_only=True)
+    soft_labels: str | None = knob(None, "distillation / pseudo-labels: a Kaggle CSV of a teacher's 37 answers for more "
+                                         "galaxies (e.g. `gzmorph predict DIR --tta 16 -o teacher.csv`). Unlabelled "
+                                         "galaxies join the train split; partially labelled ones get their unknown "
+                                         "answers filled; valid/test galaxies are left out (data/soft_labels.py)",
+                                   train_only=True)
+    soft_images: str | None = knob(None, "the folder of the --soft-labels galaxies without labels "
+                                         "(<GalaxyID>.jpg ...)", train_only=True)
+    checkpoint_every: float = knob(60.0, "seconds between checkpoints (and best/last weight files); one is always "
+                                         "written after the last epoch and on SIGTERM. Every epoch on a CPU; on a "
+                                         "GPU, whose epochs take seconds, writing each would cost more than training")
     skip_bad: bool = knob(False, "leave out rows with missing or unreadable images (logged, counted) instead of "
                                  "stopping")
     device: str = knob("auto", "cpu, cuda, cuda:1 ...; auto = the GPU if there is one")
@@ -155,10 +165,17 @@ class TrainConfig:
             raise BadArgument(f"--ema must be in [0, 1) (0 = off; 0.999 is typical), got {self.ema}")
         if self.weight_decay < 0 or self.warmup_epochs < 0:
             raise BadArgument("--weight-decay and --warmup-epochs must not be negative")
+        if not self.checkpoint_every >= 0:
+            raise BadArgument(f"--checkpoint-every must be 0 (every epoch) or more seconds, got {self.checkpoint_every}")
         if self.patience is not None and self.patience < 1:
             raise BadArgument(f"--patience must be at least 1 epoch, got {self.patience}")
         if self.head_epochs < 0 or not self.backbone_lr >= 0:
             raise BadArgument("--head-epochs and --backbone-lr must not be negative")
+        if self.soft_labels and self.labels:
+            raise BadArgument("--soft-labels adds galaxies to the Kaggle catalogue's 37 answers; it cannot be combined "
+                              "with fine-tuning on --labels")
+        if self.soft_images and not self.soft_labels:
+            raise BadArgument("--soft-images is the folder of the --soft-labels galaxies; give --soft-labels too")
         if self.labels and not self.images:
             raise BadArgument("fine-tuning on --labels needs --images DIR, the folder of their images")
         for name in ("epochs", "batch_size"):

@@ -20,6 +20,12 @@ class BadArgument(GzmorphError):
     """An option or argument value is not allowed."""
 
 
+class TrainingStopped(GzmorphError):
+    """Training was asked to stop (SIGTERM) and stopped after writing a checkpoint; ``--resume`` continues it."""
+
+    exit_status = 128 + 15  # what a process killed by SIGTERM reports, so a scheduler sees the job did not finish
+
+
 class BadImage(Exception):
     """One image file that cannot be used; the message says why. Not a GzmorphError: callers decide whether it stops
     the job (naming the file) or is a counted, logged skip (``--skip-bad``)."""

@@ -43,8 +43,10 @@ def _tensors(module_state: dict[str, torch.Tensor], prefix: str = "") -> dict[st
     return {prefix + k: v.detach().to("cpu").contiguous().clone() for k, v in module_state.items()}
 
 
-def save_weights(path: Path, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
-    tensors = _tensors(model.state_dict())
+def save_weights(path: Path, model: nn.Module | dict[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> None:
+    """A model's weights (or a state dict of them) as a safetensors file, written atomically."""
+    tensors = _tensors(model if isinstance(model, dict) else model.state_dict())
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata or {}))
 
 

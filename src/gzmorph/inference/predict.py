@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .. import runs
+from ..data.batches import DeviceFeed
 from ..data.decoder import decode_chunks
 from ..data.images import Preprocess, image_stem
 from ..data.inputs import collect_inputs
@@ -30,7 +31,7 @@ from .intervals import check_interval_options, intervals
 from .journal import Journal
 from .shards import PredictionSummary, merge_shards, parse_shard, shard_part_path, shard_slice
 from .table_writer import TableWriter, check_fits_text, output_format
-from .tta import check_tta, predict_answers
+from .tta import check_tta, queue_answers
 
 log = logging.getLogger("gzmorph")
 
@@ -173,14 +174,28 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
 
     need_spread = spread or calibration is not None  # an interval is scaled by the spread over the views
 
-    def predict_into(table: TableWriter, extra: TableWriter | None, after_chunk=lambda: None) -> None:
-        for rows, pixels in stream:
-            answers = predict_answers(loaded, pixels, batch_size, tta, spread=need_spread)
-            values, sd = answers if need_spread else (answers, None)
+    feed = DeviceFeed(loaded.policy.device, loaded.policy.channels_last)  # pinned buffers on a GPU, kept
+
+    def predict_into(table: TableWriter, extra: TableWriter | None, after_chunk=lambda mark: None) -> None:
+        """One chunk behind: each chunk's model work is queued before the previous chunk's answers are read and
+        written, so a GPU computes while the host formats rows (on a CPU the order changes nothing). ``mark``:
+        where the stream stood when a chunk came, what the journal records once that chunk is written."""
+        def write(rows, answers, mark) -> None:
+            got = answers()
+            values, sd = got if need_spread else (got, None)
             table.write(frame(rows, values, sd))
             if extra:
                 extra.write(answer_columns(sd, [mine.ids[r] for r in rows], columns="kaggle"))
-            after_chunk()
+            after_chunk(mark)
+
+        pending = None
+        for rows, pixels in stream:
+            queued = queue_answers(loaded, pixels, batch_size, tta, spread=need_spread, feed=feed)
+            if pending:
+                write(*pending)
+            pending = (rows, queued, (stream.done, stream.n_good, len(stream.skipped)))
+        if pending:
+            write(*pending)
         empty = np.zeros((0, len(runs.output_names(loaded.config))), np.float32)
         table.write_header_only(frame([], empty, empty if need_spread else None))
         if extra:
@@ -207,10 +222,11 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
         extra = TableWriter(journal.files["spread"], ".csv", append=True) if separate_spread else None
         done_before = journal.rows
 
-        def after_chunk() -> None:
+        def after_chunk(mark) -> None:
+            done, n_good, n_skipped = mark
             for w in filter(None, (table, extra)):
                 w.flush()
-            journal.record(stream.done, done_before + stream.n_good, stream.skipped)
+            journal.record(done, done_before + n_good, stream.skipped[:n_skipped])
 
         try:
             predict_into(table, extra, after_chunk)

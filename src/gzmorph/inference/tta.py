@@ -11,14 +11,14 @@ linear).
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from .. import runs
 from ..config import TTA_VIEWS
-from ..data.batches import batch_indices, to_input
+from ..data.batches import DeviceFeed, batch_indices, to_input
 from ..errors import BadArgument
 from ..precision import Policy
 from ..training.augment import rotate
@@ -50,19 +50,19 @@ def tta_views(x: torch.Tensor, n: int) -> Iterator[torch.Tensor]:
 
 
 @torch.no_grad()
-def predict_array(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = 256, policy: Policy | None = None,
-                  tta: int = 1, spread: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """(N, S, S, 3) uint8 -> (N, outputs) float32 predictions, in order, averaged over ``tta`` symmetric views;
-    with ``spread``, also each output's standard deviation over the views (how much the answer depends on the
-    view: a measure of how sure it is).
-
-    ``policy`` says where and in which precision the model runs (default: fp32 on the CPU); the model must already
-    be placed by it (``policy.place(model)``)."""
+def predict_on_device(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = 256,
+                      policy: Policy | None = None, tta: int = 1, spread: bool = False,
+                      feed: DeviceFeed | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The work of :func:`predict_array`, queued: (means, spreads or None) as tensors on the policy's device, not
+    yet waited for. A caller with more images queues their work before reading these (``.cpu()`` waits), so a GPU
+    never idles while the host writes answers. ``feed``: the caller's :class:`DeviceFeed`, kept between calls (its
+    pinned buffers are slow to allocate)."""
     policy = policy or Policy(torch.device("cpu"), "fp32")
+    feed = feed or DeviceFeed(policy.device, policy.channels_last)
     model.eval()
     means, stds = [], []
     for idx in batch_indices(len(pixels), batch_size):
-        x = to_input(pixels[idx], policy.device, policy.channels_last)
+        x = feed(pixels[idx])
         total, squares = 0.0, 0.0
         with policy.autocast():
             for v in tta_views(x, tta):
@@ -71,14 +71,25 @@ def predict_array(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = 
                 if spread:
                     squares = squares + out.double() ** 2
         mean = total / tta
-        means.append(mean.cpu().numpy())
+        means.append(mean)
         if spread:
-            var = (squares / tta - mean.double() ** 2).clamp_min(0)
-            stds.append(var.sqrt().float().cpu().numpy())
+            stds.append((squares / tta - mean.double() ** 2).clamp_min(0).sqrt().float())
     if not means:
-        empty = np.zeros((0, _n_outputs(model)), np.float32)
-        return (empty, empty.copy()) if spread else empty
-    return (np.concatenate(means), np.concatenate(stds)) if spread else np.concatenate(means)
+        empty = torch.zeros((0, _n_outputs(model)), dtype=torch.float32)
+        return empty, (empty.clone() if spread else None)
+    return torch.cat(means), (torch.cat(stds) if spread else None)
+
+
+def predict_array(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = 256, policy: Policy | None = None,
+                  tta: int = 1, spread: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """(N, S, S, 3) uint8 -> (N, outputs) float32 predictions, in order, averaged over ``tta`` symmetric views;
+    with ``spread``, also each output's standard deviation over the views (how much the answer depends on the
+    view: a measure of how sure it is).
+
+    ``policy`` says where and in which precision the model runs (default: fp32 on the CPU); the model must already
+    be placed by it (``policy.place(model)``)."""
+    mean, sd = predict_on_device(model, pixels, batch_size, policy, tta, spread)
+    return (mean.cpu().numpy(), sd.cpu().numpy()) if spread else mean.cpu().numpy()
 
 
 @torch.no_grad()
@@ -111,10 +122,20 @@ def predict_answers(loaded, pixels: np.ndarray, batch_size: int = 256, tta: int 
     vote fractions and probabilities clipped to [0, 1] (the heads already give values in [0, 1]; the clip only
     guards the written numbers against rounding), a fine-tuned number column back in its own units. What predict,
     evaluate, serve and the galleries all report. With ``spread``, also each answer's spread over the views."""
-    out = predict_array(loaded.model, pixels, batch_size, loaded.policy, tta=tta, spread=spread)
-    out, sd = out if spread else (out, None)
-    out = finish_answers(loaded.config, out, sd)
-    return (out, sd) if spread else out
+    return queue_answers(loaded, pixels, batch_size, tta, spread)()
+
+
+def queue_answers(loaded, pixels: np.ndarray, batch_size: int = 256, tta: int = 1, spread: bool = False,
+                  feed: DeviceFeed | None = None) -> Callable[[], np.ndarray | tuple[np.ndarray, np.ndarray]]:
+    """:func:`predict_answers` in two halves: the model's work is queued now, and the function returned waits for
+    it and gives the answers. What ``predict`` pipelines: the next chunk is queued before this one is written."""
+    mean, sd = predict_on_device(loaded.model, pixels, batch_size, loaded.policy, tta=tta, spread=spread, feed=feed)
+
+    def answers():
+        sd_np = None if sd is None else sd.cpu().numpy()
+        out = finish_answers(loaded.config, mean.cpu().numpy(), sd_np)  # scales a number column's spread in place
+        return (out, sd_np) if spread else out
+    return answers
 
 
 def finish_answers(cfg, out: np.ndarray, spread: np.ndarray | None = None) -> np.ndarray:

@@ -82,7 +82,11 @@ class GZNetBackbone(nn.Module):
                       "residual stages 32-256 wide, global pooling, tree head. Best accuracy per CPU-second.",
           options=("widths", "depths", "stem", "dropout"),
           loss="mse", lr=2e-3, epochs=30, batch_size=64, head="tree", augment="strong", schedule="cosine",
-          warmup_epochs=1, weight_decay=5e-4, ema=0.999)
+          warmup_epochs=1, weight_decay=5e-4, ema=0.999,
+          # On a GPU, batch 64 keeps an H200 a tenth busy (4k img/s against 28k at batch 1024): batch 512 with the
+          # rate scaled by sqrt(8) from 2e-3 (AdamW's rule for larger batches) and three epochs of warm-up, since
+          # the first few large steps from random weights are what diverges.
+          gpu_recipe={"batch_size": 512, "lr": 5.6e-3, "warmup_epochs": 3})
 def gznet(head: str = "tree", n_outputs: int = N_OUTPUTS, widths: Sequence[int] = (32, 64, 128, 256),
           depths: Sequence[int] = (1, 2, 2, 1), stem: int = 24, dropout: float = 0.1) -> Net:
     backbone = GZNetBackbone(tuple(widths), tuple(depths), stem)

@@ -8,6 +8,7 @@ GPU with no per-image Python.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -52,16 +53,53 @@ def random_affine(n: int, aug: Augment, generator: torch.Generator | None = None
     return theta.to(device)
 
 
-def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Augment a float batch (B, C, H, W). Pixels warped in from outside the image are filled by reflection."""
+@dataclass
+class AugmentDraw:
+    """The random numbers of one batch's augmentation: its affine matrices and colour gains (None: no colour
+    change; both None: no augmentation). Drawn apart from the images so that a whole epoch's draws can be made in
+    one go on the CPU and copied to a GPU at once (a small copy per step would stall it: a copy from pageable
+    memory waits for the GPU's queue), in the very order a step-by-step draw makes them."""
+
+    theta: torch.Tensor | None  # (n, 2, 3)
+    gain: torch.Tensor | None  # (n, C, 1, 1)
+
+    def to(self, device: torch.device | str) -> "AugmentDraw":
+        return AugmentDraw(*(None if t is None else t.to(device) for t in (self.theta, self.gain)))
+
+    @staticmethod
+    def cat(draws: list["AugmentDraw"]) -> "AugmentDraw":
+        def join(ts):
+            return None if not ts or ts[0] is None else torch.cat(ts)
+        return AugmentDraw(join([d.theta for d in draws]), join([d.gain for d in draws]))
+
+    def rows(self, start: int, stop: int) -> "AugmentDraw":
+        return AugmentDraw(*(None if t is None else t[start:stop] for t in (self.theta, self.gain)))
+
+
+def draw_augment(n: int, aug: Augment, generator: torch.Generator | None = None, channels: int = 3) -> AugmentDraw:
+    """The random numbers of ``n`` images' augmentation, on the CPU, from ``generator``."""
     if aug.is_identity:
+        return AugmentDraw(None, None)
+    theta = random_affine(n, aug, generator)
+    gain = torch.exp((torch.rand(n, channels, 1, 1, generator=generator) * 2 - 1) * aug.brightness) \
+        if aug.brightness > 0 else None
+    return AugmentDraw(theta, gain)
+
+
+def apply_augment(x: torch.Tensor, draw: AugmentDraw) -> torch.Tensor:
+    """A float batch (B, C, H, W) warped and recoloured as ``draw`` says. Pixels warped in from outside the image are
+    filled by reflection."""
+    if draw.theta is None:
         return x
-    n = x.shape[0]
-    out = warp(x, random_affine(n, aug, generator, x.device).to(x.dtype))
-    if aug.brightness > 0:
-        gain = torch.exp((torch.rand(n, x.shape[1], 1, 1, generator=generator) * 2 - 1) * aug.brightness)
-        out = out * gain.to(x.device, x.dtype)
+    out = warp(x, draw.theta.to(x.device, x.dtype))
+    if draw.gain is not None:
+        out = out * draw.gain.to(x.device, x.dtype)
     return out
+
+
+def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Augment a float batch (B, C, H, W) with random numbers from ``generator``."""
+    return apply_augment(x, draw_augment(x.shape[0], aug, generator, x.shape[1]))
 
 
 def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

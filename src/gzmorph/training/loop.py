@@ -20,11 +20,14 @@ import torch
 
 from .. import runs
 from ..config import TrainConfig
-from ..data.batches import batch_indices, to_input
-from ..data.images import Preprocess
+from ..data.batches import batch_indices
 from ..config import MIN_FINETUNE_STEPS
-from ..data.labelled import LabelledImages, describe, load_labelled, load_user_labelled, masked_mean, without_questions
-from ..errors import BadData, BadRun, GzmorphError
+from ..data.images import Preprocess
+from ..data.labelled import (LabelledImages, describe, load_catalogue_splits, load_labelled, load_user_labelled,
+                             masked_mean, without_questions)
+from ..data.layout import open_layout
+from ..data.soft_labels import add_soft_labels
+from ..errors import BadData, BadRun, GzmorphError, TrainingStopped
 from ..fsio import atomic_write_json, ensure_writable_dir
 from ..inference.tta import predict_array
 from ..metrics import rmse
@@ -32,10 +35,12 @@ from ..models import get_spec, resolve_recipe
 from ..precision import Policy, resolve
 from .. import task_metrics
 from . import distributed
-from .augment import augment_batch, get_augment
+from .augment import draw_augment, get_augment
+from .resident import EpochPlan, TrainingBatches, keep_on_device
 from .average import WeightAverage
 from .loss import masked_loss, task_loss
 from .schedule import learning_rate
+from .stop_signal import stop_on_sigterm
 
 log = logging.getLogger("gzmorph")
 
@@ -59,11 +64,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         raise BadRun(f"{run} already holds a trained run; continue it with --resume {run}, or choose another --out")
     else:
         cfg = _with_init_and_task(cfg)
-    cfg = resolve_recipe(cfg)
-    ensure_writable_dir(run)
     cluster = distributed.from_env()
     torch.set_num_threads(distributed.cpu_share(cluster, cfg.threads))
     device = distributed.pick_device(cluster, cfg.device)
+    cfg = resolve_recipe(cfg, device.type)  # a GPU gets the model's large-batch recipe, saved with the run
+    ensure_writable_dir(run)
     policy = resolve(cfg.precision, device)
     cfg = replace(cfg, precision=policy.name)  # saved resolved: a resumed run keeps the arithmetic it started with
     with distributed.process_group(cluster, device):
@@ -121,28 +126,41 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster
 
         model = DistributedDataParallel(parts.net, device_ids=[policy.device.index]
                                         if policy.device.type == "cuda" else None)
-    for epoch in range(state.epoch, cfg.epochs):
-        started = time.perf_counter()
-        loss_sum, sq_sum, known_sum = _train_epoch(cfg, epoch, model, parts, train_set, cluster, policy, progress)
-        # Every process scores the whole valid split with identical weights, so all agree on the best epoch and on
-        # stopping early without exchanging a message.
-        valid_loss, valid_rmse, valid_pred = _validate(parts.scored, valid_set, cfg, max(256, cfg.batch_size),
-                                                       policy)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / known_sum, "train_rmse": math.sqrt(sq_sum / known_sum),
-               "valid_loss": valid_loss, "valid_rmse": valid_rmse, "lr": parts.optimizer.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - started}
-        summary = ""
-        if cfg.task:
-            cat = valid_set.catalogue
-            report = task_metrics.task_report(runs.task_of(cfg), valid_pred, cat.labels, cat.mask, train_mean)
-            row.update(task_metrics.epoch_scores(report))
-            summary = task_metrics.one_line(report)
-        _record(cfg, run, state, row, parts, main, summary)
-        if state.stopped_early:
-            if main:
-                log.info("stopping early: no better valid RMSE for %d epochs (best %.4f at epoch %d)",
-                         cfg.patience, state.best_rmse, state.best_epoch)
-            break
+    batches = TrainingBatches(train_set, policy.device, policy.channels_last,
+                              on_device=keep_on_device(train_set, policy.device))
+    saver = _Saver(cfg, run, parts, main)
+    with stop_on_sigterm() as stop:
+        for epoch in range(state.epoch, cfg.epochs):
+            started = time.perf_counter()
+            loss_sum, sq_sum, known_sum = _train_epoch(cfg, epoch, model, parts, batches, cluster, policy, progress)
+            trained = time.perf_counter()  # _train_epoch ends on a read of its sums: the device has finished
+            # Every process scores the whole valid split with identical weights, so all agree on the best epoch and
+            # on stopping early without exchanging a message.
+            valid_loss, valid_rmse, valid_pred = _validate(parts.scored, valid_set, cfg, max(256, cfg.batch_size),
+                                                           policy)
+            validated = time.perf_counter()
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / known_sum,
+                   "train_rmse": math.sqrt(sq_sum / known_sum), "valid_loss": valid_loss, "valid_rmse": valid_rmse,
+                   "lr": parts.optimizer.param_groups[0]["lr"], "seconds": validated - started,
+                   "train_seconds": trained - started, "valid_seconds": validated - trained}
+            summary = ""
+            if cfg.task:
+                cat = valid_set.catalogue
+                report = task_metrics.task_report(runs.task_of(cfg), valid_pred, cat.labels, cat.mask, train_mean)
+                row.update(task_metrics.epoch_scores(report))
+                summary = task_metrics.one_line(report)
+            _record(cfg, state, row, saver, main, summary)
+            stopping = stop.agreed(cluster, policy.device)
+            if stopping or state.stopped_early or state.epoch >= cfg.epochs or saver.due():
+                saver.save(state, row)
+            if stopping:
+                raise TrainingStopped(f"SIGTERM: stopped after epoch {state.epoch} of {cfg.epochs}, checkpoint "
+                                      f"written; continue with `gzmorph train --resume {run}`")
+            if state.stopped_early:
+                if main:
+                    log.info("stopping early: no better valid RMSE for %d epochs (best %.4f at epoch %d)",
+                             cfg.patience, state.best_rmse, state.best_epoch)
+                break
     if state.epoch >= cfg.epochs and main:
         runs.write_metrics(run, state.history)
     if cfg.task and main:
@@ -169,6 +187,8 @@ def _load_data(cfg: TrainConfig, cluster: distributed.Cluster, policy: Policy, p
         train_set, valid_set = (without_questions(s, cfg.mask_questions) for s in (train_set, valid_set))
     if cfg.train_on_valid:
         train_set = LabelledImages.concat([train_set, valid_set])
+    if cfg.soft_labels:
+        train_set = _with_soft_labels(cfg, train_set, prep, common)
     if cfg.labels:
         _check_every_class_is_trained(cfg, train_set)
     if cluster.is_main:
@@ -181,6 +201,20 @@ def _load_data(cfg: TrainConfig, cluster: distributed.Cluster, policy: Policy, p
                      cluster.world, policy.device.type,
                      math.ceil(cfg.batch_size / cluster.world), cfg.batch_size)
     return train_set, valid_set
+
+
+def _with_soft_labels(cfg: TrainConfig, train_set: LabelledImages, prep: Preprocess, common: dict
+                      ) -> LabelledImages:
+    """The train split with the teacher's answers of ``--soft-labels`` added; the test split, and the valid split
+    unless it is trained on, are never among them (``data/soft_labels.py``)."""
+    cats = load_catalogue_splits(open_layout(cfg.data), use_partial=True, valid_fraction=cfg.valid_fraction,
+                                 seed=cfg.seed)
+    held = [cats["test"].ids] + ([] if cfg.train_on_valid else [cats["valid"].ids])
+    labelled = np.concatenate([c.ids for c in cats.values()])
+    common = {k: v for k, v in common.items() if k not in ("seed", "limit")}
+    out, _ = add_soft_labels(train_set, cfg.soft_labels, cfg.soft_images, prep, held_out_ids=np.concatenate(held),
+                             labelled_ids=labelled, **common)
+    return out
 
 
 def _class_counts(cat, column, sl: slice) -> dict[str, int]:
@@ -288,7 +322,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63)
 
 
-def _train_epoch(cfg: TrainConfig, epoch: int, model: torch.nn.Module, parts: _Parts, train_set: LabelledImages,
+def _train_epoch(cfg: TrainConfig, epoch: int, model: torch.nn.Module, parts: _Parts, batches: TrainingBatches,
                  cluster: distributed.Cluster, policy: Policy, progress: bool) -> list[float]:
     """One pass over the training split; returns the sums over all processes of (loss x known answers, squared
     error, known answers).
@@ -299,31 +333,22 @@ def _train_epoch(cfg: TrainConfig, epoch: int, model: torch.nn.Module, parts: _P
     from tqdm.auto import tqdm
 
     device = policy.device
-    aug = get_augment(cfg.augment)
-    labels = torch.from_numpy(train_set.catalogue.labels)
-    mask = torch.from_numpy(train_set.catalogue.mask)
-    n_batches = math.ceil(len(train_set) / cfg.batch_size)
+    n_batches = math.ceil(batches.n / cfg.batch_size)
     seed = _epoch_seed(cfg.seed, epoch)
     torch.manual_seed(seed + cluster.rank)  # dropout: each process's rows get their own masks
-    rng = np.random.default_rng(seed)  # shuffling: the same global batches in every process
-    gen = torch.Generator().manual_seed(seed + cluster.rank)  # augmentation of this process's rows
+    plan = _epoch_plan(cfg, seed, batches.n, cluster, n_batches * epoch)
     model.train()
     if epoch < cfg.head_epochs:
         parts.net.backbone.eval()  # its BatchNorm statistics stay those it came with while only the head learns
     factors = _lr_factors(cfg, epoch)
     # Running sums stay on the device and are read every CHECK_EVERY steps: a .item() per step would stall a GPU.
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss x known, squared error, known answers
-    bar = tqdm(batch_indices(len(train_set), cfg.batch_size, rng), total=n_batches, unit="batch",
-               desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or None, leave=False)
-    for step, idx in enumerate(bar, start=epoch * n_batches):
-        if len(idx) < cluster.world:
-            continue  # a last batch too small to give every process a row (world > 1 only): skipped by all
-        idx = idx[cluster.rank::cluster.world]
+    bar = tqdm(batches.epoch(plan), total=len(plan.steps), unit="batch", desc=f"epoch {epoch + 1}/{cfg.epochs}",
+               disable=not progress or None, leave=False)
+    for step, x, y, m in bar:
         for group, factor in zip(parts.optimizer.param_groups, factors):
             group["lr"] = learning_rate(cfg, step, n_batches) * factor
-        x = augment_batch(to_input(train_set.pixels[idx], device, policy.channels_last), aug, gen)
         x = x.contiguous(memory_format=policy.memory_format)  # grid_sample hands back NCHW
-        y, m = labels[idx].to(device, non_blocking=True), mask[idx].to(device, non_blocking=True)
         with policy.autocast():
             pred = model(x)
         loss = _loss(cfg, pred.float(), y, m)
@@ -348,6 +373,24 @@ def _train_epoch(cfg: TrainConfig, epoch: int, model: torch.nn.Module, parts: _P
     bar.close()
     _check_finite(cluster, sums, epoch, cfg.lr)  # before anything of this epoch is written
     return distributed.all_sum(cluster, sums).tolist()
+
+
+def _epoch_plan(cfg: TrainConfig, seed: int, n: int, cluster: distributed.Cluster, first_step: int) -> EpochPlan:
+    """Every random choice of the epoch's batches, made before its first step: the shuffled rows of each batch
+    (this process's share of them) and their augmentation. The numbers are those a step-by-step draw gives, in
+    the same order, from generators seeded by (seed, epoch)."""
+    rng = np.random.default_rng(seed)  # shuffling: the same global batches in every process
+    gen = torch.Generator().manual_seed(seed + cluster.rank)  # augmentation of this process's rows
+    aug = get_augment(cfg.augment)
+    steps, rows, draws = [], [], []
+    for step, idx in enumerate(batch_indices(n, cfg.batch_size, rng), start=first_step):
+        if len(idx) < cluster.world:
+            continue  # a last batch too small to give every process a row (world > 1 only): skipped by all
+        idx = idx[cluster.rank::cluster.world]
+        steps.append(step)
+        rows.append(idx)
+        draws.append(draw_augment(len(idx), aug, gen))
+    return EpochPlan(steps, rows, draws)
 
 
 def _loss(cfg: TrainConfig, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -394,28 +437,59 @@ def _report_held_out(cfg: TrainConfig, run: Path, valid_set: LabelledImages, tra
     log.info("wrote %s", held_out_report_path(run))
 
 
-def _record(cfg: TrainConfig, run: Path, state: runs.Progress, row: dict, parts: _Parts, main: bool,
-            summary: str = "") -> None:
-    """Add the epoch's row to the progress, decide on the best epoch and early stopping, and (rank 0) write the
-    weight files, the checkpoint and the metrics."""
+class _Saver:
+    """Writes the run's files -- the best and last weights, the checkpoint, the metrics -- when they are due: every
+    ``--checkpoint-every`` seconds, after the last epoch, on early stopping and on SIGTERM. Between writes the best
+    weights wait in memory. On two CPU cores an epoch takes a minute and every epoch is written; on a GPU it takes a
+    second, and writing three files after each would cost more than the training.
+
+    Resuming is unchanged: a run continues from its last checkpoint, and the epochs after it come out exactly as
+    the first time, including which was best. Only rank 0 writes."""
+
+    def __init__(self, cfg: TrainConfig, run: Path, parts: _Parts, main: bool):
+        self.cfg, self.run, self.parts, self.main = cfg, run, parts, main
+        self.best: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None  # not yet written
+        self.last_write = time.perf_counter()
+
+    def keep_best(self, row: dict) -> None:
+        if self.main:
+            state = {k: v.detach().clone() for k, v in self.parts.scored.state_dict().items()}
+            self.best = state, self._meta(row)
+
+    def due(self) -> bool:
+        return time.perf_counter() - self.last_write >= self.cfg.checkpoint_every
+
+    def save(self, state: runs.Progress, row: dict) -> None:
+        started = time.perf_counter()
+        if self.main:
+            # The weight files are written before the checkpoint that records their epoch: if the process dies in
+            # between, the resumed run redoes the epochs and rewrites them identically; never the other way round.
+            if self.best is not None:
+                runs.save_weights(self.run / runs.BEST, *self.best)
+                self.best = None
+            runs.save_weights(self.run / runs.LAST, self.parts.scored, self._meta(row))
+            runs.save_checkpoint(self.run, self.parts.net, self.parts.optimizer, state, self.parts.average)
+            row["save_seconds"] = time.perf_counter() - started  # after the checkpoint: only metrics.json has it
+            row["seconds"] += row["save_seconds"]
+            runs.write_metrics(self.run, state.history)
+        self.last_write = time.perf_counter()
+
+    def _meta(self, row: dict) -> dict[str, str]:
+        return {"epoch": str(row["epoch"]), "valid_rmse": f"{row['valid_rmse']:.6f}", "model": self.cfg.model}
+
+
+def _record(cfg: TrainConfig, state: runs.Progress, row: dict, saver: _Saver, main: bool, summary: str = "") -> None:
+    """Add the epoch's row to the progress, decide on the best epoch and early stopping, and log the epoch."""
     epoch = row["epoch"]
     state.history.append(row)
     state.epoch = epoch
-    improved = row["valid_rmse"] < state.best_rmse
-    if improved:
+    if row["valid_rmse"] < state.best_rmse:
         state.best_rmse, state.best_epoch = row["valid_rmse"], epoch
+        saver.keep_best(row)
     if cfg.patience and state.epoch - state.best_epoch >= cfg.patience and state.epoch < cfg.epochs:
         state.stopped_early = True
     if not main:
         return
-    meta = {"epoch": str(epoch), "valid_rmse": f"{row['valid_rmse']:.6f}", "model": cfg.model}
-    if improved:
-        runs.save_weights(run / runs.BEST, parts.scored, meta)
-    # The weight files are written before the checkpoint that records their epoch: if the process dies in between,
-    # the resumed run redoes the epoch and rewrites them identically; never the other way round.
-    runs.save_weights(run / runs.LAST, parts.scored, meta)
-    runs.save_checkpoint(run, parts.net, parts.optimizer, state, parts.average)
-    runs.write_metrics(run, state.history)
     if summary:  # a fine-tuning task: its own loss and scores; an RMSE over class probabilities would say little
         name = loss_name(cfg)
         log.info("epoch %d/%d  train %s %.4f  valid %s %.4f  valid %s  (%.0f s)", epoch, cfg.epochs, name,
