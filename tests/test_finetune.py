@@ -22,6 +22,8 @@ from gzmorph.data.splits import random_split
 from gzmorph.tasks import Column, Task, infer_task, read_labels
 from helpers import cli_fails, make_fake_run, write_csv, write_kaggle_folder
 
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
 FAST = ["--workers", 1, "--threads", 1, "-q"]
 
 
@@ -335,6 +337,37 @@ def test_a_damaged_packaged_file_is_refused(packaged, capsys, folder):
     data[-1] ^= 1
     pretrained.WEIGHTS.write_bytes(bytes(data))
     cli_fails(capsys, ["predict", folder.test_images, "-o", "x.csv", "-q"], "SHA-256", "reinstall")
+
+
+def test_a_run_trained_on_a_device_comes_back_small_and_packages_with_its_base(tmp_path, monkeypatch, folder):
+    """benchmarks/pretrained.py on a GPU exports the run with float16 weights (a device returns files of at most
+    16 MiB); packaged here, the card records the base it continued from and not the device's path to it."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from pretrained import MADE_BY, export
+
+    monkeypatch.setattr(pretrained, "WEIGHTS", tmp_path / "pkg" / "m.safetensors")
+    monkeypatch.setattr(pretrained, "CARD", tmp_path / "pkg" / "m.json")
+    (tmp_path / "pkg").mkdir()
+    common = dict(data=str(folder.root), model="seed-cnn", batch_size=8, threads=1, workers=1, train_on_valid=True)
+    base = gzmorph.train(gzmorph.TrainConfig(out=str(tmp_path / "base"), epochs=1, **common), progress=False)
+    run = gzmorph.train(gzmorph.TrainConfig(out=str(tmp_path / "run"), epochs=1, lr=1e-4, init=str(base), **common),
+                        progress=False)
+    started_from = {"run": str(base), "history": runs.read_metrics(base), "train_minutes": 2.0}
+    (run / MADE_BY).write_text(json.dumps({"command": "c", "machine": {"gpu": "x"}, "started_from": started_from}))
+    export(run, tmp_path / "out" / "run")
+    back = tmp_path / "out" / "run"
+    assert {p.name for p in back.iterdir()} == {"config.json", "metrics.csv", "train_mean.json", "model.safetensors",
+                                                MADE_BY}
+    assert {t.dtype for t in load_file(back / "model.safetensors").values()} <= {torch.float16, torch.int64}
+    card = package(back, folder.root, train_seconds=60.0, machine={"gpu": "x"}, command="c",
+                   started_from=started_from)
+    assert card["config"]["init"] is None and card["started_from"]["run"] == str(base)
+    assert card["total_train_minutes"] == pytest.approx(3.0)
+    # the packaged file scores what the run's own float16 weights score
+    assert card["test"]["tta1"]["rmse"] == pytest.approx(
+        gzmorph.evaluate(back, folder.root, "test", which="last", write=False, progress=False)["rmse"])
 
 
 def test_the_shipped_model_matches_its_card():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -630,3 +632,51 @@ def test_a_blank_picture_is_refused_not_answered(tmp_path, make):
         path = write_image(tmp_path / f"b.{make}", pixels=blank)
     with pytest.raises(BadImage, match="blank"):
         decode(path, FULL)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# decode_chunks: pixels through a shared-memory ring, or pickled through pipes where it cannot be had
+# ------------------------------------------------------------------------------------------------------------------
+
+def _shm_segments() -> set[str]:
+    return {p.name for p in Path(decoder.SHM_FOLDER).glob("psm_*")} if Path(decoder.SHM_FOLDER).is_dir() else set()
+
+
+def _chunks(paths, **kw) -> list[decoder.Chunk]:
+    return list(decoder.decode_chunks(paths, PREP, chunk=3, **kw))
+
+
+@pytest.mark.parametrize("ahead", [0, 2])
+def test_the_shared_ring_gives_what_one_process_decodes_bad_files_included(tmp_path, files, ahead, monkeypatch):
+    paths = list(files)
+    paths[4] = _bad_files(tmp_path)["truncated"][0]
+    serial = _chunks(paths, workers=1)
+    opened = []
+    real_open = decoder._SharedRing.open
+    monkeypatch.setattr(decoder._SharedRing, "open", staticmethod(lambda *a: opened.append(real_open(*a)) or opened[-1]))
+    before = _shm_segments()
+    ring = _chunks(paths, workers=2, ahead=ahead)
+    assert opened and opened[0] is not None  # the ring was used, not the pipes
+    assert [(c.start, c.size, c.good, c.bad) for c in ring] == [(c.start, c.size, c.good, c.bad) for c in serial]
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(ring, serial))
+    assert ring[1].good == [3, 5] and ring[1].pixels.shape == (2, 32, 32, 3)  # the bad file left out of its chunk
+    # every chunk owns its pixels: none is a view of a slot that the next chunk overwrites
+    assert all(c.pixels.base is None or c.pixels.base.flags.owndata for c in ring)
+    assert _shm_segments() == before  # unlinked once the generator is done
+
+
+def test_a_consumer_that_stops_early_leaves_no_shared_memory(files):
+    before = _shm_segments()
+    stream = decoder.decode_chunks(files, PREP, chunk=2, workers=2)
+    next(stream)
+    stream.close()
+    assert _shm_segments() == before
+
+
+def test_without_room_in_dev_shm_chunks_travel_through_pipes(files, monkeypatch):
+    """Writing past a full /dev/shm (Docker gives 64 MB) kills the writer with SIGBUS: the ring must fit first."""
+    free = SimpleNamespace(f_bavail=10, f_frsize=4096)
+    monkeypatch.setattr(decoder.os, "statvfs", lambda path: free)
+    assert decoder._SharedRing.open(4, (3, 32, 32, 3)) is None
+    piped = _chunks(files, workers=2)
+    assert np.array_equal(np.concatenate([c.pixels for c in piped]), np.stack([decode(f, PREP) for f in files]))

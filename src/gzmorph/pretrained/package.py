@@ -10,9 +10,11 @@ from pathlib import Path
 from .. import pretrained
 
 
-def package(run: str | Path, data: str | Path, *, train_seconds: float, machine: dict, command: str) -> dict:
+def package(run: str | Path, data: str | Path, *, train_seconds: float, machine: dict, command: str,
+            started_from: dict | None = None) -> dict:
     """Score ``run``'s last weights on the test split of ``data`` and write them (float16) with their card into
-    this folder. Returns the card."""
+    this folder. ``started_from``: what the run's ``init`` was (recipe, history, minutes; the earlier packaged model
+    by its SHA-256), recorded in the card in its place. Returns the card."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -34,12 +36,19 @@ def package(run: str | Path, data: str | Path, *, train_seconds: float, machine:
     save_file(half, str(tmp), metadata={"model": cfg.model, "gzmorph_version": __version__})
     os.replace(tmp, pretrained.WEIGHTS)
     history = runs.read_metrics(run)
+    config = cfg.to_dict()
+    if started_from is not None:
+        # The init run's path means nothing outside the machine that trained it, and "gznet-gz2" would name this
+        # very model once shipped: the card's started_from says what it was.
+        config["init"] = None
     mean = runs.read_train_mean(run)
     info = {
         "name": pretrained.NAME, "file": pretrained.WEIGHTS.name, "bytes": pretrained.WEIGHTS.stat().st_size, "sha256": runs.file_sha256(pretrained.WEIGHTS),
         "gzmorph_version": __version__, "torch_version": torch.__version__, "command": command,
-        "config": cfg.to_dict(), "train_mean": dict(zip(tree.COLUMNS, map(float, mean))), "history": history,
+        "config": config, "train_mean": dict(zip(tree.COLUMNS, map(float, mean))), "history": history,
         "train_minutes": train_seconds / 60, "machine": machine,
+        **({"started_from": started_from,
+            "total_train_minutes": train_seconds / 60 + started_from.get("train_minutes", 0.0)} if started_from else {}),
         "data": "the shared Kaggle sample: train + valid splits (6,378 fully labelled galaxies) and the 4,000 "
                 "partially labelled ones; never the test split",
         "test": scores,

@@ -90,7 +90,7 @@ def _with_init_and_task(cfg: TrainConfig) -> TrainConfig:
 
 
 @dataclass
-class _Parts:
+class TrainingParts:
     """What the loop trains: the model, its optimizer, and the weight average (None when ``--ema 0``)."""
 
     net: torch.nn.Module
@@ -110,7 +110,7 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster
     train_set, valid_set = _load_data(cfg, cluster, policy, progress)
     if cfg.epochs is None:  # a fine-tuning recipe: long enough in optimizer steps, whatever the number of labels
         cfg = replace(cfg, epochs=max(10, math.ceil(MIN_FINETUNE_STEPS / math.ceil(len(train_set) / cfg.batch_size))))
-    parts = _build(cfg, policy, resume)
+    parts = build_parts(cfg, policy, resume)
     state = _start(cfg, run, parts, train_set, resume, main)
     # What a model that learnt nothing would answer: each task column is scored beside it every epoch.
     train_mean = masked_mean(train_set.catalogue)
@@ -264,7 +264,10 @@ def _log_task_data(cfg: TrainConfig, train_set: LabelledImages, valid_set: Label
                      "mean)", col.name, col.kind, len(values), values.mean(), values.std())
 
 
-def _build(cfg: TrainConfig, policy: Policy, resume: bool) -> _Parts:
+def build_parts(cfg: TrainConfig, policy: Policy, resume: bool = False) -> TrainingParts:
+    """The model (initialised, or loaded from ``cfg.init`` / ``cfg.pretrained`` unless resuming), placed on the
+    policy's device, with its optimizer and weight average, as the loop trains them (benchmarks/gpu.py times this
+    loop's step with the same parts)."""
     spec = get_spec(cfg.model)
     torch.manual_seed(cfg.seed)  # model initialisation: the same in every process
     net = runs.build_model(cfg)
@@ -281,7 +284,7 @@ def _build(cfg: TrainConfig, policy: Policy, resume: bool) -> _Parts:
         groups = [{"params": [p for p in net.parameters() if p.requires_grad]}]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.weight_decay \
         else torch.optim.Adam(groups, lr=cfg.lr)
-    return _Parts(net, optimizer, WeightAverage(net, cfg.ema) if cfg.ema else None)
+    return TrainingParts(net, optimizer, WeightAverage(net, cfg.ema) if cfg.ema else None)
 
 
 def _load_init(net: torch.nn.Module, cfg: TrainConfig) -> None:
@@ -305,7 +308,7 @@ def _lr_factors(cfg: TrainConfig, epoch: int) -> list[float]:
     return [0.0 if epoch < cfg.head_epochs else cfg.backbone_lr, 1.0]
 
 
-def _start(cfg: TrainConfig, run: Path, parts: _Parts, train_set: LabelledImages, resume: bool,
+def _start(cfg: TrainConfig, run: Path, parts: TrainingParts, train_set: LabelledImages, resume: bool,
            main: bool) -> runs.Progress:
     """The progress to continue from: the checkpoint's on resume, else a fresh start (writing the train mean)."""
     if resume:
@@ -322,7 +325,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63)
 
 
-def _train_epoch(cfg: TrainConfig, epoch: int, model: torch.nn.Module, parts: _Parts, batches: TrainingBatches,
+def _train_epoch(cfg: TrainConfig, epoch: int, model: torch.nn.Module, parts: TrainingParts, batches: TrainingBatches,
                  cluster: distributed.Cluster, policy: Policy, progress: bool) -> list[float]:
     """One pass over the training split; returns the sums over all processes of (loss x known answers, squared
     error, known answers).
@@ -446,7 +449,7 @@ class _Saver:
     Resuming is unchanged: a run continues from its last checkpoint, and the epochs after it come out exactly as
     the first time, including which was best. Only rank 0 writes."""
 
-    def __init__(self, cfg: TrainConfig, run: Path, parts: _Parts, main: bool):
+    def __init__(self, cfg: TrainConfig, run: Path, parts: TrainingParts, main: bool):
         self.cfg, self.run, self.parts, self.main = cfg, run, parts, main
         self.best: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None  # not yet written
         self.last_write = time.perf_counter()
