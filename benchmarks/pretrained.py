@@ -14,9 +14,12 @@ writes them as float16 safetensors with their card (data, both stages' recipes a
 scores, SHA-256) beside them. `--stage train` stops after training; `--stage package` packages a trained run.
 
 On a GPU (`--device cuda`) the stages are the GPU recipe: gznet-xl (2x wide, 6.4 M parameters, 12.3 MiB in
-float16) at batch 512, 120 + 40 epochs, about 1.7 M galaxy-passes: 6.5 minutes at the 4,400 img/s that gznet-xl
-trained at on an H200 before the device-resident loop, inside a 10-minute lease. The run's float16 weights fit what
-comes back from the device; score and package them here, on the full-size test images:
+float16) at the CUDA recipe's batch 256, 120 + 40 epochs, about 1.7 M galaxy-passes: 6.5 minutes at the 4,400
+img/s that gznet-xl trained at on an H200 before the device-resident loop, inside a 10-minute lease. The run's
+float16 weights fit what comes back from the device; score and package them here, on the full-size test images
+(the card then names the device's data folder, /tmp/d/galaxy-zoo-141, in its recipe: the 141 px copy of the same
+galaxies). The export happens once training has finished: a run killed by the lease brings nothing back, so leave
+the timeout room.
 
     # on the device (carry [".gpu"]; .gpu/gz141.tar.gz from ../shared/tools/device_data.py):
     mkdir -p /tmp/d && tar -xzf .gpu/gz141.tar.gz -C /tmp/d && PYTHONPATH=src python benchmarks/pretrained.py \\
@@ -51,35 +54,49 @@ BASE = dict(model="gznet", model_options={"widths": [48, 96, 192, 384]}, epochs=
 # The warm restart: a quarter of the base's peak rate, one epoch of warm-up, 24 epochs (~3,900 steps of 64).
 CONTINUE = dict(epochs=24, lr=5e-4, warmup_epochs=1, train_on_valid=True, precision="auto")
 # GPU: twice gznet's width (the issue's H200 run: 0.0850 with 8 views after 84 epochs at batch 256), the CUDA
-# recipe's batch 512 and rate, then the same restart at a quarter of it. Batch and rate are given in full on the
-# continuation: a run that sets its rate leaves the CUDA recipe (a rate tuned for one batch is wrong for another).
+# recipe's batch 256 and rate (8e-3), then the same restart at a quarter of it. Batch and rate are given in full on
+# the continuation: a run that sets its rate leaves the CUDA recipe (a rate tuned for one batch is wrong for another).
 GPU_BASE = dict(model="gznet", model_options={"widths": [64, 128, 256, 512]}, epochs=120, train_on_valid=True,
                 precision="auto", checkpoint_every=30.0)
-GPU_CONTINUE = dict(epochs=40, batch_size=512, lr=1.4e-3, warmup_epochs=1, train_on_valid=True, precision="auto",
+GPU_CONTINUE = dict(epochs=40, batch_size=256, lr=2e-3, warmup_epochs=1, train_on_valid=True, precision="auto",
                     checkpoint_every=30.0)
 
 
-def train_stage(data: str, run: Path, device: str, progress: bool, **recipe) -> float:
-    """Train (or resume, or find finished) one stage; returns its training seconds."""
+def train_stage(data: str, run: Path, device: str, progress: bool, **recipe) -> bool:
+    """Train (or resume, or find finished) one stage; returns whether it trained now. A finished run folder of
+    another recipe (another stage, an older version of this script) is refused, never packaged as this one."""
     cfg = gzmorph.TrainConfig(data=data, out=str(run), device=device, **recipe)
+    if (run / runs.CONFIG).exists():
+        saved = runs.read_config(run)
+        wanted = {k: v for k, v in recipe.items() if k not in ("init", "precision", "checkpoint_every")}
+        differ = {k: (getattr(saved, k), v) for k, v in wanted.items() if getattr(saved, k) != v}
+        if differ:
+            raise SystemExit(f"{run} holds a run of another recipe ({differ}; saved, asked): move it away or pass "
+                             f"another --run")
     resume = (run / runs.CHECKPOINT).exists()
-    if not (resume and len(runs.read_metrics(run)) >= (cfg.epochs or 0)):
-        started = time.perf_counter()
-        gzmorph.train(cfg, resume=resume, progress=progress)
-        print(f"trained {run} in {time.perf_counter() - started:.0f} s")
+    if resume and len(runs.read_metrics(run)) >= (cfg.epochs or 0):
+        return False
+    started = time.perf_counter()
+    gzmorph.train(cfg, resume=resume, progress=progress)
+    print(f"trained {run} in {time.perf_counter() - started:.0f} s")
+    return True
+
+
+def _seconds(run: Path) -> float:
     return sum(r["seconds"] for r in runs.read_metrics(run))
 
 
-def base_record(base: str | Path, seconds: float | None) -> dict:
+def base_record(base: str | Path) -> dict:
     """What the continuation started from, for the card: the model in the box (its card), or a base run."""
     if str(base) == "pretrained":
         from gzmorph import pretrained
 
         card = pretrained.card()
-        return {"name": card["name"], "sha256": card["sha256"], "command": card["command"], "config": card["config"],
-                "history": card["history"], "train_minutes": card["train_minutes"], "machine": card["machine"]}
+        keep = ("name", "sha256", "command", "config", "history", "machine", "started_from")
+        return {**{k: card[k] for k in keep if k in card},
+                "train_minutes": card.get("total_train_minutes", card["train_minutes"])}
     return {"run": str(base), "config": runs.read_config(base).to_dict(), "history": runs.read_metrics(base),
-            "train_minutes": (seconds or 0.0) / 60}
+            "train_minutes": _seconds(Path(base)) / 60}
 
 
 def export(run: Path, to: Path) -> None:
@@ -116,14 +133,16 @@ def main() -> None:
     base_recipe, continue_recipe = (GPU_BASE, GPU_CONTINUE) if gpu else (BASE, CONTINUE)
     command = "python " + " ".join(a if " " not in a else repr(a) for a in sys.argv)
     if args.stage != "package":
-        base, base_seconds = args.base, None
+        base = args.base
         if base is None:
             base = run.with_name(run.name + "-base")
-            base_seconds = train_stage(args.data, base, args.device, progress, **base_recipe)
-        started_from = base_record(base, base_seconds)
-        train_stage(args.data, run, args.device, progress, init=str(base), **continue_recipe)
-        made_by = {"command": command, "machine": describe_machine(str(pick_device(args.device))), "started_from": started_from}
-        (run / MADE_BY).write_text(json.dumps(made_by, indent=2) + "\n")
+            train_stage(args.data, base, args.device, progress, **base_recipe)
+        started_from = base_record(base)  # before packaging replaces the model in the box
+        trained = train_stage(args.data, run, args.device, progress, init=str(base), **continue_recipe)
+        if trained or not (run / MADE_BY).exists():  # a finished run keeps the record of its own training
+            made_by = {"command": command, "machine": describe_machine(str(pick_device(args.device))),
+                       "started_from": started_from}
+            (run / MADE_BY).write_text(json.dumps(made_by, indent=2) + "\n")
         if args.export:
             export(run, args.export)
             print(f"exported {run} to {args.export} (float16 weights)")
@@ -132,7 +151,7 @@ def main() -> None:
     from gzmorph.pretrained.package import package
 
     made_by = json.loads((run / MADE_BY).read_text())  # how it was trained (perhaps on another machine)
-    seconds = sum(r["seconds"] for r in runs.read_metrics(run))
+    seconds = _seconds(run)
     card = package(run, args.data, train_seconds=seconds, machine=made_by["machine"], command=made_by["command"],
                    started_from=made_by["started_from"])
     print(f"packaged {card['file']} ({card['bytes'] / 2**20:.1f} MiB, sha256 {card['sha256'][:12]}...): test RMSE "

@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from gzmorph.config import TrainConfig  # noqa: E402
 from gzmorph.data.batches import to_input  # noqa: E402
 from gzmorph.data.cache import decode_all  # noqa: E402
-from gzmorph.data.decoder import decode_chunks  # noqa: E402
+from gzmorph.data.decoder import decode_chunks, shared_memory_works  # noqa: E402
 from gzmorph.data.images import Preprocess  # noqa: E402
 from gzmorph.models import create_model, get_spec, list_models, resolve_recipe  # noqa: E402
 from gzmorph.precision import Policy, native_bf16, pick_device, resolve  # noqa: E402
@@ -247,6 +247,14 @@ def bench_predict(model: str, data: Path, device: torch.device, tmp: Path, worke
     decoded = [c.pixels for c in decode_chunks(paths, prep, chunk=256, workers=workers)]
     decode_s = time.perf_counter() - started
     pixels = np.concatenate(decoded)
+    # ... and again with the pixels pickled through the pool's pipes (the fallback without room in /dev/shm)
+    started = time.perf_counter()
+    for _ in decode_chunks(paths, prep, chunk=256, workers=workers, shared_memory=False):
+        pass
+    pipes_s = time.perf_counter() - started
+    out["decode"] = {"shared_memory": shared_memory_works(256, prep), "seconds": decode_s,
+                     "img_per_s": len(paths) / decode_s, "through_pipes_seconds": pipes_s,
+                     "through_pipes_img_per_s": len(paths) / pipes_s}
     for precision in ("fp32", fast):
         loaded = runs.load_model(run, "best", device, precision)
         predict_answers(loaded, pixels[:256])  # warm
@@ -362,6 +370,12 @@ def print_table(r: dict) -> None:
                   f"{f['cli_over_floor']:.2f}x the floor ({c['in_process_seconds'] / f['seconds']:.2f}x without the "
                   f"{c['seconds'] - c['in_process_seconds']:.1f} s of process start, imports and model load)")
         print(f"predict {fast} / fp32: {pr['speedup_fast_over_fp32']:.2f}x")
+        if "decode" in pr:  # older results have no such figure
+            d = pr["decode"]
+            print(f"decode alone, {pr['workers']} workers: {d['img_per_s']:.0f} img/s through "
+                  f"{'shared memory' if d['shared_memory'] else 'pipes (no room in /dev/shm)'}, "
+                  f"{d['through_pipes_img_per_s']:.0f} img/s pickled through pipes "
+                  f"({d['img_per_s'] / d['through_pipes_img_per_s']:.2f}x)")
         if "baseline" in pr:
             b = pr["baseline"]
             print(f"predict of {b['src']}: {b['seconds']:.1f} s ({b['img_per_s']:.0f} img/s); {fast} now is "

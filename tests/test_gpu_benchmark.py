@@ -42,6 +42,7 @@ def test_every_stage_runs_and_reports(tmp_path):
     assert predict["images"] == 300 and predict["image_side"] == 424
     assert predict["predict"]["img_per_s"] > 0 and predict["embed"]["img_per_s"] > 0
     assert predict["gpu_jpeg_decode"] == {"skipped": "not a CUDA device"}
+    assert predict["ring_opened"] is True  # the decode floor went through shared memory, as predict does
     # batch 64 is the CPU recipe itself here, so the "large-batch" run and it are the same training: same scores
     assert stages["batch64"]["recipe_minus_batch64"] == {"tta1": 0.0, "tta8": 0.0}
 
@@ -51,3 +52,10 @@ def test_stages_that_do_not_fit_the_time_are_skipped(tmp_path):
     r = _run(tmp_path, data, "--minutes", "0", "--stages", "model", "compile")
     assert set(r["stages"]) == {"model", "compile"}
     assert all("skipped" in s for s in r["stages"].values())
+
+
+def test_a_failing_stage_is_recorded_and_the_next_one_still_runs(tmp_path):
+    r = _run(tmp_path, tmp_path / "no-such-folder", "--stages", "train", "model")
+    train, model = r["stages"]["train"], r["stages"]["model"]
+    assert "no-such-folder" in train["failed"] and train["where"]
+    assert model["forward"]["img_per_s"] > 0

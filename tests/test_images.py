@@ -663,6 +663,11 @@ def test_the_shared_ring_gives_what_one_process_decodes_bad_files_included(tmp_p
     # every chunk owns its pixels: none is a view of a slot that the next chunk overwrites
     assert all(c.pixels.base is None or c.pixels.base.flags.owndata for c in ring)
     assert _shm_segments() == before  # unlinked once the generator is done
+    # asked for pipes (the benchmarks' comparison), it opens no ring and gives the same chunks
+    piped = _chunks(paths, workers=2, ahead=ahead, shared_memory=False)
+    assert len(opened) == 1 and [c.good for c in piped] == [c.good for c in serial]
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(piped, serial))
+    assert decoder.shared_memory_works(3, PREP) and _shm_segments() == before
 
 
 def test_a_consumer_that_stops_early_leaves_no_shared_memory(files):
@@ -678,5 +683,38 @@ def test_without_room_in_dev_shm_chunks_travel_through_pipes(files, monkeypatch)
     free = SimpleNamespace(f_bavail=10, f_frsize=4096)
     monkeypatch.setattr(decoder.os, "statvfs", lambda path: free)
     assert decoder._SharedRing.open(4, (3, 32, 32, 3)) is None
+    assert not decoder.shared_memory_works(256, PREP)
     piped = _chunks(files, workers=2)
     assert np.array_equal(np.concatenate([c.pixels for c in piped]), np.stack([decode(f, PREP) for f in files]))
+
+
+def test_a_dev_shm_filled_by_others_since_the_check_falls_back_to_pipes(files, monkeypatch):
+    """The pages are reserved when the ring is made: no room is an error then (pipes instead), not a worker's SIGBUS."""
+    import errno
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(decoder.os, "posix_fallocate", full)
+    before = _shm_segments()
+    assert decoder._SharedRing.open(4, (3, 32, 32, 3)) is None
+    assert _shm_segments() == before  # the segment it made is gone again
+    assert len(np.concatenate([c.pixels for c in _chunks(files, workers=2)])) == len(files)
+
+
+def test_two_threads_decoding_at_once_each_get_their_own_pixels(tmp_path, files):
+    import threading
+
+    others = [write_image(tmp_path / "other" / f"{k:03d}.jpg", 96, seed=100 + k) for k in range(20)]
+    results = {}
+
+    def run(name, paths):
+        results[name] = np.concatenate([c.pixels for c in _chunks(paths, workers=2)])
+
+    threads = [threading.Thread(target=run, args=(n, p)) for n, p in (("a", files), ("b", others))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert np.array_equal(results["a"], np.stack([decode(f, PREP) for f in files]))
+    assert np.array_equal(results["b"], np.stack([decode(f, PREP) for f in others]))

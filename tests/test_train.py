@@ -269,9 +269,27 @@ def test_a_gpu_gets_the_large_batch_recipe_unless_the_run_sets_its_own():
     cpu = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet"))
     gpu = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet"), "cuda")
     assert (cpu.batch_size, cpu.lr, cpu.warmup_epochs) == (64, 2e-3, 1)
-    assert gpu.batch_size >= 512 and gpu.lr > cpu.lr and gpu.warmup_epochs > cpu.warmup_epochs
+    assert gpu.batch_size >= 4 * cpu.batch_size and gpu.lr > cpu.lr and gpu.warmup_epochs > cpu.warmup_epochs
     assert gpu.epochs == cpu.epochs  # the same passes over the data: only the step size changes
     mine = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet", batch_size=64), "cuda")
-    assert (mine.batch_size, mine.lr, mine.warmup_epochs) == (64, 2e-3, 1), "a lr tuned for 512 at batch 64"
+    assert (mine.batch_size, mine.lr, mine.warmup_epochs) == (64, 2e-3, 1), "a lr tuned for 256 at batch 64"
     tuned = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet", labels="l.csv", images="d"), "cuda")
     assert tuned.batch_size == 64, "fine-tuning keeps its own recipe"
+
+
+@pytest.mark.parametrize("train_on_valid, which", [(True, "last"), (False, "best")])
+def test_init_from_a_run_takes_its_last_weights_where_it_trained_on_valid(synthetic_data, tmp_path, monkeypatch,
+                                                                            train_on_valid, which):
+    """With train_on_valid no galaxy was held out to pick a best epoch by: the last weights are the model."""
+    base = gzmorph.train(_cfg(synthetic_data, tmp_path / "base", epochs=1, train_on_valid=train_on_valid),
+                         progress=False)
+    asked = []
+    load = runs.load_model
+
+    def recording(run, w="best", *a, **k):
+        asked.append((str(run), w))
+        return load(run, w, *a, **k)
+
+    monkeypatch.setattr(runs, "load_model", recording)
+    gzmorph.train(_cfg(synthetic_data, tmp_path / "next", epochs=1, init=str(base)), progress=False)
+    assert (str(base), which) in asked

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -66,6 +67,7 @@ def _decode_chunk(task: tuple[int, list[str], Preprocess]) -> Chunk:
 # The ring of the pool being forked: set just before the fork (the workers inherit the mapping itself, so they
 # never attach by name -- which on Python 3.11 would enrol them in the resource tracker that unlinks on their exit).
 _RING: np.ndarray | None = None
+_FORKING = threading.Lock()  # two threads starting pools at once must not hand each other's ring to their workers
 
 
 def _decode_to_slot(task: tuple[int, list[str], Preprocess, int]) -> tuple[int, int, int, list[int], list]:
@@ -83,6 +85,16 @@ class _SharedRing:
         from multiprocessing import shared_memory
 
         self.memory = shared_memory.SharedMemory(create=True, size=slots * int(np.prod(shape)))
+        try:
+            # tmpfs hands out pages only when first written: reserve them all now, so that a /dev/shm filled by
+            # other jobs since the check below is an error here (ENOSPC) and not a SIGBUS in a worker later -- a
+            # worker killed so leaves its task unfinished, and the pool waits for it forever.
+            if hasattr(os, "posix_fallocate"):  # Linux (macOS has none, nor /dev/shm as a tmpfs)
+                os.posix_fallocate(self.memory._fd, 0, self.memory.size)
+        except BaseException:
+            self.memory.close()
+            self.memory.unlink()
+            raise
         self.array = np.ndarray((slots, *shape), np.uint8, buffer=self.memory.buf)
         self.free = list(range(slots))
 
@@ -110,12 +122,23 @@ class _SharedRing:
 
     def close(self) -> None:
         del self.array  # the memory cannot be closed while a numpy view of it exists
-        self.memory.close()
-        self.memory.unlink()
+        try:
+            self.memory.close()
+        finally:
+            self.memory.unlink()
+
+
+def shared_memory_works(chunk: int, prep: Preprocess) -> bool:
+    """Whether decode_chunks gets its shared-memory ring here for one chunk (a benchmark says which path it timed)."""
+    ring = _SharedRing.open(1, (chunk, prep.size, prep.size, 3))
+    if ring is None:
+        return False
+    ring.close()
+    return True
 
 
 def decode_chunks(paths: Sequence[str | Path], prep: Preprocess, *, chunk: int, workers: int,
-                  ahead: int = 2, offset: int = 0) -> Iterator[Chunk]:
+                  ahead: int = 2, offset: int = 0, shared_memory: bool = True) -> Iterator[Chunk]:
     """The chunks of ``chunk`` files of ``paths``, in order, decoded in ``workers`` processes (in this process when
     ``workers`` <= 1), at most ``ahead * workers`` chunks ahead of the consumer.
 
@@ -124,7 +147,10 @@ def decode_chunks(paths: Sequence[str | Path], prep: Preprocess, *, chunk: int, 
 
     ``ahead=0`` takes turns instead: ``workers`` chunks are decoded while the consumer waits, then handed over
     while the workers wait. That is what a consumer on the same CPU cores wants (a model's forward passes): decoding
-    beside them would only steal cores from its threads, which then wait for each other at every layer."""
+    beside them would only steal cores from its threads, which then wait for each other at every layer.
+
+    ``shared_memory=False`` sends the pixels back pickled through the pool's pipes, as happens anyway where there is
+    no room in /dev/shm: the benchmarks time both."""
     tasks = ((offset + k, [str(p) for p in paths[k:k + chunk]], prep) for k in range(0, len(paths), chunk))
     if workers <= 1:
         yield from map(_decode_chunk, tasks)
@@ -132,17 +158,21 @@ def decode_chunks(paths: Sequence[str | Path], prep: Preprocess, *, chunk: int, 
     # fork is fastest on Linux (workers inherit the imported modules, and the shared ring); spawn elsewhere.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     slots = max(1, ahead) * workers  # one per chunk in flight, at most
-    ring = _SharedRing.open(slots, (chunk, prep.size, prep.size, 3)) if method == "fork" else None
+    # no bigger than the job: a handful of images needs no ring of 32 full chunks
+    rows = min(chunk, len(paths))
+    ring = _SharedRing.open(min(slots, -(-len(paths) // chunk)), (rows, prep.size, prep.size, 3)) \
+        if method == "fork" and shared_memory else None
     global _RING
-    _RING = None if ring is None else ring.array
-    try:
-        pool = get_context(method).Pool(workers)
-    except BaseException:
-        if ring is not None:
-            ring.close()
-        raise
-    finally:
-        _RING = None  # the workers have their own reference now; this process keeps only the ring's
+    with _FORKING:
+        _RING = None if ring is None else ring.array
+        try:
+            pool = get_context(method).Pool(workers)
+        except BaseException:
+            if ring is not None:
+                ring.close()
+            raise
+        finally:
+            _RING = None  # the workers have their own reference now; this process keeps only the ring's
     pending: deque = deque()
 
     def submit(task: tuple) -> None:

@@ -289,7 +289,11 @@ def build_parts(cfg: TrainConfig, policy: Policy, resume: bool = False) -> Train
 
 def _load_init(net: torch.nn.Module, cfg: TrainConfig) -> None:
     """The init run's weights: its backbone always; its head as well when it has the same outputs."""
-    init = runs.load_model(cfg.init, "best", "cpu", "fp32").model
+    # A run that trained on its valid split has no held-out score to pick a best epoch by: its last weights are the
+    # ones to use (packaging ships them). The packaged model's folder holds only those, as "best".
+    folder = runs.run_folder(cfg.init)
+    last = runs.read_config(folder).train_on_valid and (folder / runs.LAST).exists()
+    init = runs.load_model(folder, "last" if last else "best", "cpu", "fp32").model
     net.backbone.load_state_dict(init.backbone.state_dict())
     if runs.output_names(runs.read_config(cfg.init)) == runs.output_names(cfg):
         net.head.load_state_dict(init.head.state_dict())
