@@ -27,27 +27,35 @@ sys.path.insert(0, str(HERE))
 
 import gzmorph  # noqa: E402
 from gzmorph import runs, tree  # noqa: E402
-from gzmorph.models import get_spec, resolve_recipe  # noqa: E402
+from gzmorph.models import resolve_recipe  # noqa: E402
 from gzmorph.errors import GzmorphError  # noqa: E402
 from gzmorph.precision import pick_device  # noqa: E402
 from machine import describe_machine, machine_tag  # noqa: E402
 
 # Stand-ins in a row's overrides for paths given on the command line (--teacher, --unlabelled).
 TEACHER, UNLABELLED = "<teacher>", "<unlabelled>"
+B64 = {"batch_size": 64, "lr": 2e-3, "warmup_epochs": 1}  # gznet's recipe until 2026-12-05 (now batch 256, lr 8e-3)
 
 # name -> (model, TrainConfig overrides, what the recipe is). The first row is the student report's recipe.
 ROWS: dict[str, tuple[str, dict, str]] = {
     "seed-cnn/report": ("seed-cnn", {"use_partial": False},
                         "the report: BCE, sigmoid, Adam 1e-3, batch 32, 10 epochs, flips/90-degree turns/shift/zoom"),
-    "gznet/cpu-15min": ("gznet", {"epochs": 24},
-                        "gznet recipe (MSE, tree head, AdamW 2e-3 cosine, EMA, strong aug.) cut to 24 epochs: "
-                        "<= 15 min on 2 CPU cores"),
-    "gznet": ("gznet", {}, "gznet recipe: MSE, tree head, AdamW 2e-3 cosine, wd 5e-4, EMA 0.999, strong aug., 30 "
-                           "epochs"),
-    "gznet-wide": ("gznet", {"epochs": 40, "model_options": {"widths": [48, 96, 192, 384]}},
-                   "gznet 1.5x wider (48-384 channels, 2.2x the compute), 40 epochs: is capacity the limit?"),
-    "gznet-xl": ("gznet", {"epochs": 64, "model_options": {"widths": [64, 128, 256, 512]}},
-                 "gznet 2x wide (64-512 channels, 4x the compute of gznet), 64 epochs: does capacity keep paying?"),
+    # gznet's recipe: 50 epochs of batch 256, the 15 minutes of 2 CPU cores (Zen 5, bf16) -- issue 20's 15-minute
+    # recipe -- then the rows that chose it: the old batch 64 at 30 and 24 epochs, batch 256 at equal epochs.
+    "gznet": ("gznet", {}, "gznet recipe: MSE, tree head, AdamW 8e-3 cosine after 3 warm-up epochs, batch 256, wd "
+                           "5e-4, EMA 0.999, strong aug., 50 epochs: <= 15 min on 2 CPU cores"),
+    "gznet/b64": ("gznet", {**B64, "epochs": 30}, "gznet recipe until 2026-12-05: batch 64, lr 2e-3, 1 warm-up "
+                                                   "epoch, 30 epochs"),
+    "gznet/b64-24ep": ("gznet", {**B64, "epochs": 24}, "the same cut to 24 epochs: the 15-minute row of its time"),
+    "gznet/b256-30ep": ("gznet", {"epochs": 30}, "gznet recipe at 30 epochs: batch 256 against batch 64 at equal "
+                                                 "epochs (within 0.002 for the change)"),
+    "gznet-wide": ("gznet", {**B64, "epochs": 40, "model_options": {"widths": [48, 96, 192, 384]}},
+                   "gznet 1.5x wider (48-384 channels, 2.2x the compute), batch 64, 40 epochs: is capacity the limit?"),
+    "gznet-wide/b256-30ep": ("gznet", {"epochs": 30, "model_options": {"widths": [48, 96, 192, 384]}},
+                             "gznet 1.5x wide, gznet's batch-256 recipe cut to the 30 epochs that fit 15 CPU minutes"),
+    "gznet-xl": ("gznet", {**B64, "epochs": 64, "model_options": {"widths": [64, 128, 256, 512]}},
+                 "gznet 2x wide (64-512 channels, 4x the compute of gznet), batch 64, 64 epochs: does capacity keep "
+                 "paying?"),
     "dieleman/cpu-15min": ("dieleman", {"epochs": 5},
                            "dieleman recipe cut to 5 epochs: the 15-minute budget on 2 CPU cores (55 img/s)"),
     "resnet50/cpu-15min": ("resnet50", {"epochs": 3},
@@ -57,45 +65,43 @@ ROWS: dict[str, tuple[str, dict, str]] = {
     "resnet50": ("resnet50", {}, "ResNet-50 from scratch, 96 px, GAP, tree head, MSE, AdamW cosine, EMA, strong "
                                  "aug., 30 epochs"),
     # The precision check: one recipe, one seed, fp32 against bf16 (issue 14: within 0.002 of each other).
-    "gznet/8ep-fp32": ("gznet", {"epochs": 8, "precision": "fp32"}, "gznet recipe cut to 8 epochs, fp32 NCHW"),
-    "gznet/8ep-bf16": ("gznet", {"epochs": 8, "precision": "bf16"}, "gznet recipe cut to 8 epochs, bf16 channels-last"),
-    "gznet-xl/bf16": ("gznet", {"epochs": 64, "precision": "bf16", "model_options": {"widths": [64, 128, 256, 512]}},
-                      "gznet-xl (2x wide, 64 epochs) in bf16 channels-last"),
-    "gznet-wide/15min": ("gznet", {"epochs": 18, "model_options": {"widths": [48, 96, 192, 384]}},
-                         "gznet 1.5x wide cut to the epochs that fit 15 minutes in bf16 on 2 CPU cores"),
-    "gznet/24ep-bf16": ("gznet", {"epochs": 24, "precision": "bf16"},
-                        "gznet recipe cut to 24 epochs (the old 15-minute row), bf16 channels-last"),
-    # The large-batch recipe that gzmorph picks on CUDA (models/gznet.py's gpu_recipe), run on the CPU at gznet's
-    # 30 epochs: it must score as batch 64 does ("gznet" above, within 0.002) for the GPU to use it.
-    "gznet/gpu-recipe": ("gznet", dict(get_spec("gznet").gpu_recipe),
-                         "gznet recipe at the CUDA batch: batch 256, lr 8e-3 (2e-3 x 4, the linear rule), 3 warm-up "
-                         "epochs"),
-    # Batch 512 was the first choice (an H200's step alone is faster there): every rate tried lands ~0.0025 short
-    # of batch 64 at equal epochs -- the 8x fewer steps, not the rate.
-    "gznet/b512-lr5.6e-3": ("gznet", {"batch_size": 512, "lr": 5.6e-3, "warmup_epochs": 3},
-                            "gznet recipe at batch 512, lr 5.6e-3 (2e-3 x sqrt 8), 3 warm-up epochs"),
-    "gznet/b512-lr8e-3": ("gznet", {"batch_size": 512, "lr": 8e-3, "warmup_epochs": 3},
-                          "gznet recipe at batch 512, lr 8e-3 (2e-3 x 8^(2/3)), 3 warm-up epochs"),
-    "gznet/b512-lr1.1e-2": ("gznet", {"batch_size": 512, "lr": 1.1e-2, "warmup_epochs": 3},
-                            "gznet recipe at batch 512, lr 1.1e-2 (2e-3 x 8^(0.8)), 3 warm-up epochs"),
-    "gznet/b512-lr1.6e-2": ("gznet", {"batch_size": 512, "lr": 1.6e-2, "warmup_epochs": 3},
-                            "gznet recipe at batch 512, lr 1.6e-2 (2e-3 x 8, the linear rule), 3 warm-up epochs"),
-    # Batch 256 also runs an epoch in half the time of batch 64 on 2 CPU cores (bf16): the 15-minute budget spent
-    # on more epochs of it, or on the 1.5x wide gznet.
-    "gznet/cpu-15min-b256": ("gznet", {"batch_size": 256, "lr": 8e-3, "warmup_epochs": 3, "epochs": 50},
-                             "gznet recipe at batch 256, lr 8e-3, 3 warm-up epochs, 50 epochs: ~15 min on 2 CPU cores"),
-    "gznet-wide/cpu-15min-b256": ("gznet", {"batch_size": 256, "lr": 8e-3, "warmup_epochs": 3, "epochs": 30,
-                                            "model_options": {"widths": [48, 96, 192, 384]}},
-                                  "gznet 1.5x wide at batch 256, lr 8e-3, 3 warm-up epochs, 30 epochs: ~15 min on 2 "
-                                  "CPU cores"),
-    # The 15-minute CPU recipe from a teacher (issue 20): a fresh gznet on the train split + the 21,589 unlabelled
-    # galaxies, the model in the box's 16-view answers as their soft labels; 7 epochs of 31k galaxies are the
-    # ~3,400 steps that fit 15 minutes, as 24 epochs of the labelled ones alone do ("gznet/cpu-15min").
-    "gznet/cpu-15min-distil": ("gznet", {"epochs": 7, "soft_labels": TEACHER, "soft_images": UNLABELLED},
-                               "gznet recipe, 7 epochs on train + partial + 21,589 unlabelled galaxies labelled by "
-                               "the model in the box (16 views): the 15-minute budget spent on distillation"),
+    "gznet/8ep-fp32": ("gznet", {**B64, "epochs": 8, "precision": "fp32"},
+                       "gznet batch-64 recipe cut to 8 epochs, fp32 NCHW"),
+    "gznet/8ep-bf16": ("gznet", {**B64, "epochs": 8, "precision": "bf16"},
+                       "gznet batch-64 recipe cut to 8 epochs, bf16 channels-last"),
+    "gznet/24ep-bf16": ("gznet", {**B64, "epochs": 24, "precision": "bf16"},
+                        "gznet batch-64 recipe cut to 24 epochs (the old 15-minute row), bf16 channels-last"),
+    # Batch 512 was the first choice for a GPU (an H200's step alone is faster there): every rate tried lands
+    # 0.0025-0.004 short of batch 64 at equal epochs -- the 8x fewer steps, not the rate.
+    "gznet/b512-lr5.6e-3": ("gznet", {"batch_size": 512, "lr": 5.6e-3, "warmup_epochs": 3, "epochs": 30},
+                            "gznet recipe at batch 512, lr 5.6e-3 (2e-3 x sqrt 8), 3 warm-up epochs, 30 epochs"),
+    "gznet/b512-lr8e-3": ("gznet", {"batch_size": 512, "lr": 8e-3, "warmup_epochs": 3, "epochs": 30},
+                          "gznet recipe at batch 512, lr 8e-3 (2e-3 x 8^(2/3)), 3 warm-up epochs, 30 epochs"),
+    "gznet/b512-lr1.1e-2": ("gznet", {"batch_size": 512, "lr": 1.1e-2, "warmup_epochs": 3, "epochs": 30},
+                            "gznet recipe at batch 512, lr 1.1e-2 (2e-3 x 8^(0.8)), 3 warm-up epochs, 30 epochs"),
+    "gznet/b512-lr1.6e-2": ("gznet", {"batch_size": 512, "lr": 1.6e-2, "warmup_epochs": 3, "epochs": 30},
+                            "gznet recipe at batch 512, lr 1.6e-2 (2e-3 x 8, the linear rule), 3 warm-up epochs, 30 "
+                            "epochs"),
+    # The 15 minutes spent on distillation instead (issue 20), at the batch-64 recipe of the time: a fresh gznet on
+    # the train split + the 21,589 unlabelled galaxies, the model in the box's 16-view answers as their soft labels;
+    # 7 epochs of 31k galaxies are the ~3,400 steps of 24 epochs of the labelled ones alone ("gznet/b64-24ep").
+    "gznet/b64-15min-distil": ("gznet", {**B64, "epochs": 7, "soft_labels": TEACHER, "soft_images": UNLABELLED},
+                               "gznet batch-64 recipe, 7 epochs on train + partial + 21,589 unlabelled galaxies "
+                               "labelled by the model in the box (16 views)"),
+    # Distillation on the CPU (issue 20 without a GPU): the packaged model trained on, at equal optimizer steps
+    # (~4,000 of batch 64), on its own labelled data alone, then with the unlabelled galaxies it labelled itself.
+    # Measured from the model in the box of the time (SHA-256 71aa3dfc..., before 2026-12-05); gz2/continue's
+    # weights then became the model in the box, so these rows now start from that one.
+    "gz2/continue": ("gznet", {"init": "pretrained", "train_on_valid": True, "epochs": 24, "batch_size": 64,
+                               "lr": 5e-4, "warmup_epochs": 1},
+                     "the packaged model, 24 more epochs (3,900 steps) on train + valid + partial at lr 5e-4: the "
+                     "control for gz2/distil"),
+    "gz2/distil": ("gznet", {"init": "pretrained", "train_on_valid": True, "epochs": 8, "batch_size": 64, "lr": 5e-4,
+                             "warmup_epochs": 0.33, "soft_labels": TEACHER, "soft_images": UNLABELLED},
+                   "the packaged model, 8 more epochs (4,000 steps) on the same + 21,589 unlabelled galaxies with its "
+                   "own 16-view answers as soft labels (and the partial galaxies' gaps filled)"),
 }
-DEFAULT_ROWS = ("seed-cnn/report", "gznet/cpu-15min")
+DEFAULT_ROWS = ("seed-cnn/report", "gznet")
 TTA_SCORED = (1, 8, 32)  # views averaged at test time: none, the square's 8 symmetries, those of 4 turns
 
 

@@ -2,7 +2,7 @@
 compare the ratios, with the absolute figures beside them).
 
     python benchmarks/throughput.py                    # every stage
-    python benchmarks/throughput.py --stages predict   # one or more of: decode warm-start models compile predict
+    python benchmarks/throughput.py --stages predict   # one or more of: decode warm-start models batch compile predict
     git worktree add /tmp/v0.1 b052136 && python benchmarks/throughput.py --baseline /tmp/v0.1/src  # vs v0.1
 
 Stages:
@@ -10,6 +10,8 @@ Stages:
   warm-start     a new process: import, read catalogues, open the warm cache, build the model, one training step
   models         every registered model: train steps (augmentation, forward, backward, AdamW) and inference
                  forward passes, fp32 vs bf16 autocast x NCHW vs channels-last
+  batch          the default model's train step under `--precision auto` at batch 64 to 512: what a larger batch
+                 buys per image on these cores (the CUDA recipe's batch 256 scores within 0.002 of 64, accuracy.py)
   compile        torch.compile (inductor) of the default model's bf16 train step: compile time, then steady img/s
   predict        `gzmorph predict` on 5,985 real JPEGs (the 1,197 Kaggle test images listed 5 times), fp32 and
                  bf16, beside its floor: the decoder alone (same workers) + the forward passes alone
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +48,8 @@ from gzmorph.training.augment import augment_batch, get_augment  # noqa: E402
 from gzmorph.training.loss import masked_loss  # noqa: E402
 from machine import describe_machine, machine_tag  # noqa: E402
 
-STAGES = ("decode", "warm-start", "models", "compile", "predict")
+STAGES = ("decode", "warm-start", "models", "batch", "compile", "predict")
+BATCHES = (64, 128, 256, 512)  # the batch stage's sizes: gznet's CPU recipe (64) to past its CUDA recipe (256)
 # (precision, channels_last): gzmorph 0.1's CPU path first, then the two halves of the bf16 policy, then the policy.
 VARIANTS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
 PREDICT_REPEATS = 5  # the 1,197 test images listed this many times: 5,985 files, enough to amortise start-up
@@ -104,10 +108,12 @@ def _steps(model_name: str) -> int:
 
 
 def bench_model(model_name: str, device: torch.device, precision: str, channels_last: bool,
-                compile_model: bool = False) -> dict:
+                compile_model: bool = False, batch_size: int | None = None) -> dict:
     """Train steps (augmentation, forward, masked loss, backward, AdamW) and inference forward passes of one model
     under one precision and layout, on random pixels of the model's input size."""
     cfg = resolve_recipe(TrainConfig(data="", model=model_name))
+    if batch_size:  # the recipe's rate stays: the step's cost does not depend on it
+        cfg = replace(cfg, batch_size=batch_size)
     spec = get_spec(model_name)
     policy = Policy(device, precision)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -117,7 +123,7 @@ def bench_model(model_name: str, device: torch.device, precision: str, channels_
     model = torch.compile(net) if compile_model else net
     aug, bs = get_augment(cfg.augment), cfg.batch_size
     rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (256, spec.size, spec.size, 3), dtype=np.uint8)
+    pixels = rng.integers(0, 256, (max(256, bs), spec.size, spec.size, 3), dtype=np.uint8)
     y, m = torch.rand(bs, 37, device=device), torch.ones(bs, 37, device=device)
     gen = torch.Generator().manual_seed(0)
     steps, warm = _steps(model_name), 2
@@ -180,6 +186,17 @@ def bench_models(device: torch.device, models: list[str], default_model: str) ->
             print(f"  {name:14s} {precision} {'NHWC' if cl else 'NCHW'}: train {row['train_img_per_s']:7.1f} img/s, "
                   f"infer {row['infer_img_per_s']:7.1f} img/s", flush=True)
     return rows
+
+
+def bench_batch(device: torch.device, model: str) -> dict:
+    """The train step at each of BATCHES, as `--precision auto` runs it; img/s against batch 64's."""
+    policy = resolve("auto", device)
+    rows = [bench_model(model, device, policy.name, policy.channels_last, batch_size=b) for b in BATCHES]
+    for r in rows:
+        r["over_batch_64"] = r["train_img_per_s"] / rows[0]["train_img_per_s"]
+        print(f"  {model} batch {r['batch_size']:4d}: train {r['train_img_per_s']:7.1f} img/s "
+              f"({r['over_batch_64']:.2f}x batch 64)", flush=True)
+    return {"stage": "batch", "model": model, "precision": policy.name, "rows": rows}
 
 
 def bench_compile(device: torch.device, model: str) -> dict:
@@ -322,6 +339,8 @@ def main() -> None:
             print("models (train: augmentation + forward + backward + AdamW; infer: forward, batch 256):")
             result["models"] = {"rows": bench_models(device, args.models, args.model),
                                 "bf16_emulated": not native_bf16(device)}
+        if "batch" in args.stages:
+            result["batch"] = bench_batch(device, args.model)
         if "compile" in args.stages:
             result["compile"] = bench_compile(device, args.model)
         if "predict" in args.stages:
@@ -355,6 +374,10 @@ def print_table(r: dict) -> None:
             print(f"{row['model']:14s} {variant:10s} {row['train_img_per_s']:11.1f} "
                   f"{row['train_img_per_s'] / b['train_img_per_s']:6.2f}x {row['infer_img_per_s']:11.1f} "
                   f"{row['infer_img_per_s'] / b['infer_img_per_s']:6.2f}x")
+    if "batch" in r:
+        print("train step by batch size (" + r["batch"]["precision"] + "): " + ", ".join(
+            f"{row['batch_size']}: {row['train_img_per_s']:.0f} img/s ({row['over_batch_64']:.2f}x)"
+            for row in r["batch"]["rows"]))
     if "compile" in r:
         c = r["compile"]
         print(f"torch.compile ({c['model']}, {c.get('precision', 'bf16')} train step): {c['compile_seconds']:.0f} s to "

@@ -75,7 +75,8 @@ class TrainConfig:
     model: str = knob("gznet", "a model from `gzmorph models`; gznet is the default, seed-cnn the report's CNN",
                       train_only=True)
     epochs: int | None = knob(None, "passes over the training split" + RECIPE)
-    batch_size: int | None = knob(None, "galaxies per optimizer step (the global batch under torchrun)" + RECIPE)
+    batch_size: int | None = knob(None, "galaxies per optimizer step (the global batch under torchrun); without --lr, "
+                                        "the model's rate scales with it" + RECIPE)
     lr: float | None = knob(None, "peak learning rate" + RECIPE)
     weight_decay: float | None = knob(None, "AdamW's decoupled decay; 0 = plain Adam, as in the report" + RECIPE)
     schedule: str | None = knob(None, "learning-rate schedule: constant (the report) or cosine (linear warm-up, "

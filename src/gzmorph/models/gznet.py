@@ -81,14 +81,14 @@ class GZNetBackbone(nn.Module):
           description="gzmorph's compact residual CNN (default): 64 px from the central 192 px, 3x3 stem, 4 "
                       "residual stages 32-256 wide, global pooling, tree head. Best accuracy per CPU-second.",
           options=("widths", "depths", "stem", "dropout"),
-          loss="mse", lr=2e-3, epochs=30, batch_size=64, head="tree", augment="strong", schedule="cosine",
-          warmup_epochs=1, weight_decay=5e-4, ema=0.999,
-          # On a GPU, batch 64 keeps an H200 a tenth busy (4k img/s against 15k at batch 256, 28k at 1024): batch
-          # 256 with the rate scaled linearly from 2e-3 and three epochs of warm-up, since the first few large steps
-          # from random weights are what diverges. Measured on the CPU at 30 epochs (benchmarks/accuracy.py): test
-          # RMSE 0.0935 with 8 views against batch 64's 0.0925. Batch 512 lost ~0.0025 at every rate tried (5.6e-3
-          # to 1.6e-2): at 11k galaxies, 8x fewer steps are too few in 30 epochs.
-          gpu_recipe={"batch_size": 256, "lr": 8e-3, "warmup_epochs": 3})
+          loss="mse", head="tree", augment="strong", schedule="cosine", weight_decay=5e-4, ema=0.999,
+          # Batch 256, not 64: on 2 CPU cores (bf16) an epoch takes half the time, and an H200 runs 4x the images a
+          # second (15k against 4k img/s, the step alone). The rate is 64's 2e-3 scaled linearly (8e-3), with three
+          # epochs of warm-up, since the first large steps from random weights are what diverges. At equal epochs
+          # (30) it scores 0.0935 with 8 views against batch 64's 0.0925; the 50 epochs that fit 15 minutes on
+          # 2 Zen 5 cores score 0.0898 (benchmarks/accuracy.py rows gznet/b256-30ep, gznet/b64, gznet). Batch 512
+          # lost 0.0025-0.004 at every rate tried (5.6e-3 to 1.6e-2): 11k galaxies give it too few steps.
+          batch_size=256, lr=8e-3, warmup_epochs=3, epochs=50)
 def gznet(head: str = "tree", n_outputs: int = N_OUTPUTS, widths: Sequence[int] = (32, 64, 128, 256),
           depths: Sequence[int] = (1, 2, 2, 1), stem: int = 24, dropout: float = 0.1) -> Net:
     backbone = GZNetBackbone(tuple(widths), tuple(depths), stem)
