@@ -11,16 +11,17 @@
 Stages, in this order (the JSON is rewritten after each one, so a run cut short keeps what it measured; a stage
 that would not fit the --minutes left is skipped and says so):
   model    the training step alone -- forward, masked loss, backward, AdamW, weight average -- on one batch already
-           on the device, at batch 64, at the recipe's batch (256) and at 1024; the same with the augmentation;
-           the forward pass alone at batch 256
-  train    gzmorph.train with gznet's recipe (batch 256) for 30 epochs: whole-epoch img/s against the step alone
-           at the same batch, each epoch split into train / validate / checkpoint, test RMSE (1, 8 views)
+           on the device, at batch 64, at the CUDA recipe's batch (256) and at 1024; the same with the
+           augmentation; the forward pass alone at batch 256
+  train    gzmorph.train with the CUDA recipe (which it picks by itself on CUDA) for 30 epochs: whole-epoch img/s
+           against the step alone at the same batch, each epoch split into train / validate / checkpoint, test
+           RMSE (1, 8 views)
   predict  `gzmorph predict` and `gzmorph embed`, whole commands, on N real-size JPEGs (the sample's images put back
            at 424 px and repeated under new names), beside their floors: the decoder alone (same workers, same
            chunks; and again through pipes instead of shared memory) and the forward passes alone; torchvision's
            GPU JPEG decoder where it imports
-  batch64  the same training at batch 64 (gznet's recipe before batch 256, lr 2e-3): the recipe's test RMSE beside
-           it, at equal epochs
+  batch64  the same training at batch 64 (the CPU recipe, lr 2e-3): the CUDA recipe's test RMSE beside it, at equal
+           epochs
   compile  torch.compile of the training step (default mode, and "reduce-overhead" = CUDA graphs): seconds to
            compile, then img/s against eager
 
@@ -67,7 +68,7 @@ STAGES = ("model", "train", "predict", "batch64", "compile")
 MODEL = "gznet"
 # Rough seconds each stage takes on an H200 (from the issue's figures at today's speed, so upper bounds once it is
 # faster): a stage is skipped when fewer than these are left, so that the stages after it still get their turn.
-# gznet's recipe until batch 256 replaced it: what the recipe is judged against, at the same epochs
+# gznet's CPU recipe: what the CUDA recipe is judged against, at the same epochs
 BATCH64 = {"batch_size": 64, "lr": 2e-3, "warmup_epochs": 1}
 NEEDS = {"model": 40, "train": 60, "predict": 120, "batch64": 150, "compile": 120}
 
@@ -96,7 +97,7 @@ def train_step_alone(device: torch.device, batch: int, steps: int, *, augment: b
     """The loop's optimizer step (training/loop.py) with nothing else: one batch of random pixels already on the
     device, the model, the masked loss, backward, AdamW, the weight average; with ``augment`` the batch is also
     augmented on the device each step, as the loop does."""
-    cfg = resolve_recipe(TrainConfig(data="", model=MODEL, batch_size=batch, lr=lr))
+    cfg = resolve_recipe(TrainConfig(data="", model=MODEL, batch_size=batch, lr=lr), device.type)
     policy = resolve("auto", device)
     parts = build_parts(cfg, policy)
     net, opt, average = parts.net, parts.optimizer, parts.average
@@ -135,7 +136,7 @@ def train_step_alone(device: torch.device, batch: int, steps: int, *, augment: b
 
 
 def forward_alone(device: torch.device, batch: int, repeats: int) -> dict:
-    cfg = resolve_recipe(TrainConfig(data="", model=MODEL))
+    cfg = resolve_recipe(TrainConfig(data="", model=MODEL), device.type)
     policy = resolve("auto", device)
     net = runs.build_model(cfg)
     policy.place(net)
@@ -155,7 +156,7 @@ def forward_alone(device: torch.device, batch: int, repeats: int) -> dict:
 
 
 def stage_model(device: torch.device, sizes: Sizes) -> dict:
-    big = resolve_recipe(TrainConfig(data="", model=MODEL)).batch_size
+    big = resolve_recipe(TrainConfig(data="", model=MODEL), device.type).batch_size
     rows = []
     # and 1024 on a GPU: how far the recipe's batch (chosen for accuracy, see models/gznet.py) is from its ceiling
     for batch in sorted({64, big} | ({1024} if device.type == "cuda" else set())):
@@ -351,7 +352,7 @@ def stage_batch64(data: Path, tmp: Path, device: torch.device, sizes: Sizes, rec
 
 
 def stage_compile(device: torch.device, sizes: Sizes, save=lambda partial: None) -> dict:
-    batch = resolve_recipe(TrainConfig(data="", model=MODEL)).batch_size
+    batch = resolve_recipe(TrainConfig(data="", model=MODEL), device.type).batch_size
     eager = train_step_alone(device, batch, sizes.steps, augment=True)
     out = {"batch_size": batch, "eager_img_per_s": eager["img_per_s"], "modes": {}}
     save(out)

@@ -4,7 +4,7 @@
     python benchmarks/pretrained.py --base pretrained  # the continuation alone, from the model now in the box
 
 Two stages, both on the shared data's train + valid galaxies, fully and partially labelled -- never on test:
-  base      gznet 1.5x wide, 40 epochs of the gznet recipe of the time (batch 64, cosine from lr 2e-3)
+  base      gznet 1.5x wide, 40 epochs of the gznet CPU recipe (batch 64, cosine from lr 2e-3)
   continue  24 more epochs from the base's weights, cosine from lr 5e-4 (a warm restart): on the CPU this scored
             0.0873 with 8 views on the test split against the base's 0.0885, where the same steps spent on the base's
             own answers for 21,589 unlabelled galaxies (distillation, benchmarks/accuracy.py row gz2/distil) scored
@@ -49,13 +49,14 @@ NAME = "gznet-gz2"
 MADE_BY = "made_by.json"  # in the final run folder: the training command, its machine, what it started from
 # CPU: gznet 1.5x wide, the best accuracy per CPU-minute measured here that fits the 20 MB budget several times over
 # (3.6 M parameters, 6.9 MiB in float16), on every galaxy with labels outside the test split.
-# Both at batch 64, lr 2e-3: gznet's recipe when they were trained (it is batch 256 since).
+# Both at batch 64, lr 2e-3 (gznet's CPU recipe), given in full: a CUDA run gets its own recipe (GPU_*).
 BASE = dict(model="gznet", model_options={"widths": [48, 96, 192, 384]}, epochs=40, batch_size=64, lr=2e-3,
             warmup_epochs=1, train_on_valid=True, precision="auto")
 # The warm restart: a quarter of the base's peak rate, one epoch of warm-up, 24 epochs (~3,900 steps of 64).
 CONTINUE = dict(epochs=24, batch_size=64, lr=5e-4, warmup_epochs=1, train_on_valid=True, precision="auto")
-# GPU: twice gznet's width (the H200 run: 0.0850 with 8 views after 84 epochs at batch 256), gznet's recipe
-# (batch 256, lr 8e-3, 3 warm-up epochs), then the same restart at a quarter of its rate.
+# GPU: twice gznet's width (the H200 run: 0.0850 with 8 views after 84 epochs at batch 256), the CUDA
+# recipe (batch 256, lr 8e-3, 3 warm-up epochs; gzmorph picks it on CUDA), then the same restart at a quarter of its
+# rate, batch and rate given in full (a run that sets its rate leaves the CUDA recipe).
 GPU_BASE = dict(model="gznet", model_options={"widths": [64, 128, 256, 512]}, epochs=120, train_on_valid=True,
                 precision="auto", checkpoint_every=30.0)
 GPU_CONTINUE = dict(epochs=40, batch_size=256, lr=2e-3, warmup_epochs=1, train_on_valid=True, precision="auto",

@@ -27,9 +27,6 @@ if [ -f "$DATA/splits.csv" ]; then  # real data: how it scores on the test split
   gzmorph evaluate pretrained --data "$DATA" --split test --tta 8 --out "$RUN/pretrained"
 fi
 MODEL=${GZMORPH_DEMO_MODEL:-gznet}  # the default model; GZMORPH_DEMO_MODEL=seed-cnn for the report's CNN
-# A few thousand galaxies for a few epochs: gznet at batch 64 (its rate scales down with it) and one warm-up epoch,
-# or its batch 256 would take a few dozen steps, most of them warming up.
-[ "$MODEL" = gznet ] && TRAIN_ARGS+=(--batch-size 64 --warmup-epochs 1)
 echo "== train $MODEL"
 gzmorph train --data "$DATA" --model "$MODEL" --out "$RUN" "${TRAIN_ARGS[@]}"
 echo "== evaluate on the $SPLIT split"

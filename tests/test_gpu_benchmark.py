@@ -31,7 +31,7 @@ def test_every_stage_runs_and_reports(tmp_path):
     stages = r["stages"]
     assert set(stages) == {"model", "train", "predict", "batch64"}
     steps = stages["model"]["train_steps"]
-    assert {(s["batch_size"], s["augment"]) for s in steps} == {(b, a) for b in (64, 256) for a in (False, True)}
+    assert {(s["batch_size"], s["augment"]) for s in steps} == {(64, False), (64, True)}  # the CPU recipe's batch
     assert all(s["img_per_s"] > 0 for s in steps) and stages["model"]["forward"]["img_per_s"] > 0
     train = stages["train"]
     # the train split (36 full + 8 partial galaxies) cut to --quick's limit of 24
@@ -45,8 +45,9 @@ def test_every_stage_runs_and_reports(tmp_path):
     assert predict["ring_opened"] is True  # the decode floor went through shared memory, as predict does
     batch64 = stages["batch64"]
     assert (batch64["batch_size"], batch64["lr"], batch64["warmup_epochs"]) == (64, 2e-3, 1)
-    assert train["batch_size"] == 256 and train["epochs"] == batch64["epochs"]  # compared at equal epochs
-    assert batch64["recipe_minus_batch64"] == {k: train["test"][k] - batch64["test"][k] for k in ("tta1", "tta8")}
+    # batch 64 is the CPU recipe itself here, so the "large-batch" run and it are the same training: same scores
+    assert train["batch_size"] == 64 and train["epochs"] == batch64["epochs"]
+    assert batch64["recipe_minus_batch64"] == {"tta1": 0.0, "tta8": 0.0}
 
 
 def test_stages_that_do_not_fit_the_time_are_skipped(tmp_path):

@@ -265,12 +265,22 @@ def test_batches_from_a_device_resident_set_train_bitwise_as_from_host_memory(sy
     assert runs.read_metrics(host)[-1]["train_loss"] == runs.read_metrics(resident)[-1]["train_loss"]
 
 
+def test_a_gpu_gets_the_large_batch_recipe_unless_the_run_sets_its_own():
+    cpu = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet"))
+    gpu = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet"), "cuda")
+    assert (cpu.batch_size, cpu.lr, cpu.warmup_epochs) == (64, 2e-3, 1)
+    assert (gpu.batch_size, gpu.lr, gpu.warmup_epochs) == (256, 8e-3, 3)
+    assert gpu.epochs == cpu.epochs  # the same passes over the data: only the step size changes
+    mine = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet", batch_size=64), "cuda")
+    assert (mine.batch_size, mine.lr, mine.warmup_epochs) == (64, 2e-3, 1), "a lr tuned for 256 at batch 64"
+    tuned = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet", labels="l.csv", images="d"), "cuda")
+    assert tuned.batch_size == 64, "fine-tuning keeps its own recipe"
+
+
 def test_a_batch_size_given_alone_scales_the_rate_with_it():
-    default = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet"))
-    assert (default.batch_size, default.lr, default.warmup_epochs, default.epochs) == (256, 8e-3, 3, 50)
-    small = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet", batch_size=64))
-    assert (small.batch_size, small.lr) == (64, 2e-3), "the linear rule: a rate tuned for 256 is wrong at 64"
-    mine = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet", batch_size=64, lr=5e-4))
+    big = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet", batch_size=256))
+    assert (big.batch_size, big.lr) == (256, 8e-3), "the linear rule: a rate tuned for 64 is wrong at 256"
+    mine = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet", batch_size=256, lr=5e-4))
     assert mine.lr == 5e-4, "a rate given is kept"
     tuned = resolve_recipe(gzmorph.TrainConfig(data="", model="gznet", labels="l.csv", images="d", batch_size=32))
     assert tuned.lr == 1e-3, "fine-tuning keeps its own recipe"

@@ -82,13 +82,17 @@ class GZNetBackbone(nn.Module):
                       "residual stages 32-256 wide, global pooling, tree head. Best accuracy per CPU-second.",
           options=("widths", "depths", "stem", "dropout"),
           loss="mse", head="tree", augment="strong", schedule="cosine", weight_decay=5e-4, ema=0.999,
-          # Batch 256, not 64: on 2 CPU cores (bf16) an epoch takes half the time, and an H200 runs 4x the images a
-          # second (15k against 4k img/s, the step alone). The rate is 64's 2e-3 scaled linearly (8e-3), with three
-          # epochs of warm-up, since the first large steps from random weights are what diverges. At equal epochs
-          # (30) it scores 0.0935 with 8 views against batch 64's 0.0925; the 50 epochs that fit 15 minutes on
-          # 2 Zen 5 cores score 0.0898 (benchmarks/accuracy.py rows gznet/b256-30ep, gznet/b64, gznet). Batch 512
-          # lost 0.0025-0.004 at every rate tried (5.6e-3 to 1.6e-2): 11k galaxies give it too few steps.
-          batch_size=256, lr=8e-3, warmup_epochs=3, epochs=50)
+          batch_size=64, lr=2e-3, warmup_epochs=1,
+          # 56 epochs: the 15 minutes of 2 CPU cores (issue 20) on a Zen 5 in bf16, where an epoch takes 13-17 s;
+          # test 0.0886 with 8 views (30 until 2026-12-05: 0.0925; benchmarks/accuracy.py rows gznet, gznet/b64).
+          epochs=56,
+          # On a GPU, batch 64 keeps an H200 a tenth busy (4k img/s against 15k at batch 256, the step alone): batch
+          # 256 with the rate scaled linearly (8e-3) and three epochs of warm-up, since the first large steps from
+          # random weights are what diverges. At 30 epochs, on the CPU: 0.0935 with 8 views against batch 64's
+          # 0.0925 (rows gznet/b256-30ep, gznet/b64). Batch 512 lost 0.0025-0.004 at every rate tried (5.6e-3 to
+          # 1.6e-2): 11k galaxies give it too few steps. Not on the CPU: there batch 256 is no faster in the loop
+          # (16.4 s an epoch against 13.2 s on a Zen 5) and loses accuracy per epoch.
+          gpu_recipe={"batch_size": 256, "lr": 8e-3, "warmup_epochs": 3})
 def gznet(head: str = "tree", n_outputs: int = N_OUTPUTS, widths: Sequence[int] = (32, 64, 128, 256),
           depths: Sequence[int] = (1, 2, 2, 1), stem: int = 24, dropout: float = 0.1) -> Net:
     backbone = GZNetBackbone(tuple(widths), tuple(depths), stem)

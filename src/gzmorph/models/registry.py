@@ -37,6 +37,9 @@ class ModelSpec:
     # What gzmorph 0.1 (one flat module per model) called the final linear layer: its weight files load through
     # net.legacy_key with this.
     legacy_head: str = ""
+    # The recipe values that change on a GPU (`resolve_recipe(cfg, "cuda")`): a batch large enough to keep it busy,
+    # with the learning rate and warm-up that batch needs. Empty: the same recipe everywhere.
+    gpu_recipe: dict[str, Any] = field(default_factory=dict)
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -44,12 +47,12 @@ MODELS: dict[str, ModelSpec] = {}
 
 def register(name: str, *, crop: int, size: int, description: str, options: tuple[str, ...] = (),
              load_pretrained: Callable[[nn.Module, str], None] | None = None, legacy_head: str = "",
-             **defaults: Any):
+             gpu_recipe: dict[str, Any] | None = None, **defaults: Any):
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         MODELS[name] = ModelSpec(name, factory, crop, size, description, dict(defaults), options, load_pretrained,
-                                 legacy_head)
+                                 legacy_head, dict(gpu_recipe or {}))
         return factory
     return decorator
 
@@ -77,12 +80,17 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def resolve_recipe(cfg: "TrainConfig") -> "TrainConfig":
-    """``cfg`` with every recipe value it leaves open (None) filled from its model's defaults, then checked. A batch
-    size given without a rate gets the model's rate scaled with it (the linear rule; gznet's 2e-3 at 64 and 8e-3 at
-    256 both measured, benchmarks/accuracy.py): a rate tuned for one batch is wrong for another. Fine-tuning keeps
-    its own recipe."""
-    defaults = dict(get_spec(cfg.model).defaults)
-    if cfg.batch_size and cfg.lr is None and not cfg.labels and {"batch_size", "lr"} <= defaults.keys():
-        defaults["lr"] = defaults["lr"] * cfg.batch_size / defaults["batch_size"]
-    return cfg.with_recipe(defaults)
+def resolve_recipe(cfg: "TrainConfig", device_type: str = "cpu") -> "TrainConfig":
+    """``cfg`` with every recipe value it leaves open (None) filled from its model's defaults, then checked. On a GPU
+    (``device_type`` "cuda") the model's ``gpu_recipe`` comes first -- but only as a whole: a run that sets any of
+    its values (say ``--batch-size 64``) keeps the CPU recipe for the others. A batch size given without a rate gets
+    the recipe's rate scaled with it (the linear rule; gznet's 2e-3 at 64 and 8e-3 at 256 both measured,
+    benchmarks/accuracy.py): a rate tuned for one batch is wrong for another. Fine-tuning keeps its own recipe."""
+    spec = get_spec(cfg.model)
+    recipe = dict(spec.defaults)
+    gpu = spec.gpu_recipe if device_type == "cuda" and not cfg.labels else {}
+    if not any(getattr(cfg, k) is not None for k in gpu):
+        recipe.update(gpu)
+    if cfg.batch_size and cfg.lr is None and not cfg.labels and {"batch_size", "lr"} <= recipe.keys():
+        recipe["lr"] = recipe["lr"] * cfg.batch_size / recipe["batch_size"]
+    return cfg.with_recipe(recipe)

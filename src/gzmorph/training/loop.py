@@ -67,7 +67,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     cluster = distributed.from_env()
     torch.set_num_threads(distributed.cpu_share(cluster, cfg.threads))
     device = distributed.pick_device(cluster, cfg.device)
-    cfg = resolve_recipe(cfg)  # saved resolved, with the run
+    cfg = resolve_recipe(cfg, device.type)  # a GPU gets the model's large-batch recipe, saved with the run
     ensure_writable_dir(run)
     policy = resolve(cfg.precision, device)
     cfg = replace(cfg, precision=policy.name)  # saved resolved: a resumed run keeps the arithmetic it started with
