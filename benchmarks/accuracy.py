@@ -46,6 +46,9 @@ ROWS: dict[str, tuple[str, dict, str]] = {
     # that chose it: 44, 30 and 24 epochs, batch 256 at equal epochs and at 50.
     "gznet": ("gznet", {}, "gznet recipe: MSE, tree head, AdamW 2e-3 cosine after 1 warm-up epoch, batch 64, wd "
                            "5e-4, EMA 0.999, strong aug., 56 epochs: <= 15 min on 2 CPU cores"),
+    # The budget as the rule (`--minutes 15`): the epoch count fitted to 15 minutes on whatever machine runs the row.
+    "gznet/15min": ("gznet", {**B64, "minutes": 15}, "gznet's batch-64 recipe for `--minutes 15`: as many epochs as "
+                                                     "the first one's time says fit 15 minutes here"),
     "gznet/b64-44ep": ("gznet", {**B64, "epochs": 44}, "gznet recipe cut to 44 epochs: ~10 min on 2 Zen 5 cores"),
     "gznet/b64": ("gznet", {**B64, "epochs": 30}, "gznet recipe until 2026-12-05: 30 epochs"),
     "gznet/b64-24ep": ("gznet", {**B64, "epochs": 24}, "the same cut to 24 epochs: the 15-minute row of its time"),
@@ -95,8 +98,8 @@ ROWS: dict[str, tuple[str, dict, str]] = {
                                "labelled by the model in the box (16 views)"),
     # Distillation on the CPU (issue 20 without a GPU): the packaged model trained on, at equal optimizer steps
     # (~4,000 of batch 64), on its own labelled data alone, then with the unlabelled galaxies it labelled itself.
-    # Measured from the model in the box of the time (SHA-256 71aa3dfc..., before 2026-12-05); gz2/continue's
-    # weights then became the model in the box, so these rows now start from that one.
+    # Measured from the model in the box of the time (SHA-256 71aa3dfc..., the 1.5x-wide gznet before 2026-12-05):
+    # run again, they start from whatever model is in the box then (since 2026-12-05 a 2x-wide gznet).
     "gz2/continue": ("gznet", {"init": "pretrained", "train_on_valid": True, "epochs": 24, "batch_size": 64,
                                "lr": 5e-4, "warmup_epochs": 1},
                      "the packaged model, 24 more epochs (3,900 steps) on train + valid + partial at lr 5e-4: the "

@@ -3,6 +3,7 @@ compare the ratios, with the absolute figures beside them).
 
     python benchmarks/throughput.py                    # every stage
     python benchmarks/throughput.py --stages predict   # one or more of: decode warm-start models batch compile predict
+    python benchmarks/throughput.py --stages predict --run pretrained   # the model inside gzmorph, whole commands
     git worktree add /tmp/v0.1 b052136 && python benchmarks/throughput.py --baseline /tmp/v0.1/src  # vs v0.1
 
 Stages:
@@ -53,6 +54,7 @@ BATCHES = (64, 128, 256, 512)  # the batch stage's sizes: gznet's CPU recipe (64
 # (precision, channels_last): gzmorph 0.1's CPU path first, then the two halves of the bf16 policy, then the policy.
 VARIANTS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
 PREDICT_REPEATS = 5  # the 1,197 test images listed this many times: 5,985 files, enough to amortise start-up
+BASELINE_ROUNDS = 3  # `--baseline`: each gzmorph's predict this many times, alternated; the medians are compared
 
 WARM_START = r"""
 import time, sys
@@ -234,8 +236,22 @@ runs.write_train_mean(folder, np.zeros(37, np.float32))
 """
 
 
+def _time_predict(run: Path, listing: Path, csv: Path, device: torch.device, workers: int, env: dict | None = None,
+                  precision: str | None = None) -> float:
+    """Seconds of one whole `gzmorph predict` command (process start to CSV written); ``precision`` None: the
+    command's own default (an old gzmorph may not know the flag)."""
+    extra = ["--precision", precision] if precision else []
+    for old in (csv, csv.with_name(csv.name + ".json")):  # every round starts from nothing written
+        old.unlink(missing_ok=True)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "gzmorph.cli", "predict", str(run), str(listing), "-o", str(csv), "-q",
+                    "--device", str(device), "--workers", str(workers), *extra], env=env, check=True,
+                   capture_output=True)
+    return time.perf_counter() - started
+
+
 def bench_predict(model: str, data: Path, device: torch.device, tmp: Path, workers: int,
-                  baseline: Path | None = None) -> dict:
+                  baseline: Path | None = None, trained: str | None = None) -> dict:
     from gzmorph import runs
     from gzmorph.inference.tta import predict_answers
 
@@ -252,12 +268,23 @@ def bench_predict(model: str, data: Path, device: torch.device, tmp: Path, worke
             link.symlink_to(p)
             paths.append(link)
     listing.write_text("\n".join(map(str, paths)) + "\n")
-    run = _fake_run(model, tmp / "run")
+    if trained:  # a real run (or "pretrained"): its model, its options, its weights
+        run = runs.run_folder(trained)
+        model = runs.read_config(run).model
+    else:
+        run = _fake_run(model, tmp / "run")
     spec = get_spec(model)
     prep = Preprocess(spec.crop, spec.size)
     # The fast path against plain fp32: bf16 where native, else what `auto` picks without it (fp32 NHWC, folded).
     fast = "bf16" if native_bf16(device) else "auto"
-    out = {"stage": "predict", "model": model, "images": len(paths), "workers": workers, "fast": fast, "cli": {},
+    from gzmorph import pretrained
+
+    if trained and pretrained.is_alias(trained):  # which model in the box, by its file
+        out_run = {"run": trained, "sha256": pretrained.card()["sha256"],
+                   "model_options": runs.read_config(run).model_options}
+    else:
+        out_run = {"run": trained or "untrained"}
+    out = {"stage": "predict", "model": model, **out_run, "images": len(paths), "workers": workers, "fast": fast, "cli": {},
            "floor": {}}
     # Decode alone: the decoder with the CLI's workers and chunks, nothing else running.
     started = time.perf_counter()
@@ -278,11 +305,7 @@ def bench_predict(model: str, data: Path, device: torch.device, tmp: Path, worke
         started = time.perf_counter()
         predict_answers(loaded, pixels, 256)
         forward_s = time.perf_counter() - started
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "gzmorph.cli", "predict", str(run), str(listing), "-o",
-                        str(tmp / f"{precision}.csv"), "-q", "--device", str(device), "--precision", precision,
-                        "--workers", str(workers)], check=True, capture_output=True)
-        cli_s = time.perf_counter() - started
+        cli_s = _time_predict(run, listing, tmp / f"{precision}.csv", device, workers, precision=precision)
         record = json.loads((tmp / f"{precision}.csv.json").read_text())
         inside = record["seconds"]
         # The wall-clock of the command (process start and torch import included), and the seconds the command
@@ -296,13 +319,16 @@ def bench_predict(model: str, data: Path, device: torch.device, tmp: Path, worke
         env = {**os.environ, "PYTHONPATH": str(baseline)}
         old_run = tmp / "baseline-run"
         subprocess.run([sys.executable, "-c", BASELINE_RUN, model, str(old_run)], env=env, check=True)
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "gzmorph.cli", "predict", str(old_run), str(listing), "-o",
-                        str(tmp / "baseline.csv"), "-q", "--device", str(device), "--workers", str(workers)],
-                       env=env, check=True, capture_output=True)
-        seconds = time.perf_counter() - started
-        out["baseline"] = {"src": str(baseline), "seconds": seconds, "img_per_s": len(paths) / seconds}
-        out["speedup_fast_over_baseline"] = out["cli"][fast]["img_per_s"] / out["baseline"]["img_per_s"]
+        before, now = [], []
+        # Alternated and repeated: a shared machine's load drifts within seconds, and one run of each was seen to
+        # put the same code at 0.85x and 1.07x of the other.
+        for _ in range(BASELINE_ROUNDS):
+            before.append(_time_predict(old_run, listing, tmp / "baseline.csv", device, workers, env=env))
+            now.append(_time_predict(run, listing, tmp / "now.csv", device, workers, precision=fast))
+        out["baseline"] = {"src": str(baseline), "rounds": BASELINE_ROUNDS, "seconds": float(np.median(before)),
+                           "img_per_s": len(paths) / float(np.median(before)), "seconds_each": before,
+                           "now_seconds_each": now}
+        out["speedup_fast_over_baseline"] = float(np.median(before) / np.median(now))
     return out
 
 
@@ -314,6 +340,8 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="predict's decode workers")
+    p.add_argument("--run", help="the predict stage's model: a run folder, or 'pretrained' (the model inside "
+                                 "gzmorph); default: an untrained --model (speed does not depend on the weights)")
     p.add_argument("--baseline", type=Path, help="the src/ folder of an earlier gzmorph (e.g. a worktree of v0.1): "
                                                  "its `predict` is timed on the same files, in the same run")
     args = p.parse_args()
@@ -326,7 +354,7 @@ def main() -> None:
     out = HERE / "results" / f"throughput-{machine_tag(machine)}.json"
     saved = json.loads(out.read_text()) if out.exists() else {}
     result = {"benchmark": "throughput", "machine": machine, "model": args.model,
-              **{k: v for k, v in saved.items() if k in STAGES}}
+              **{k: v for k, v in saved.items() if k.split(":")[0] in STAGES}}
     with tempfile.TemporaryDirectory(prefix="gzmorph-throughput-") as tmp:
         tmp = Path(tmp)
         cache = tmp / "cache"
@@ -344,9 +372,12 @@ def main() -> None:
         if "compile" in args.stages:
             result["compile"] = bench_compile(device, args.model)
         if "predict" in args.stages:
-            result["predict"] = bench_predict(args.model, data, device, tmp, args.workers, args.baseline)
+            # an untrained --model under "predict", a given run under "predict:RUN": both are kept
+            result["predict" + (f":{args.run}" if args.run else "")] = bench_predict(
+                args.model, data, device, tmp, args.workers, args.baseline, args.run)
     command = "python " + " ".join(sys.argv)
     for stage in args.stages:  # stages are kept from earlier runs: each carries the command that measured it
+        stage = stage + (f":{args.run}" if stage == "predict" and args.run else "")
         if stage in result:
             result[stage]["command"] = command
     result.pop("command", None)
@@ -383,8 +414,9 @@ def print_table(r: dict) -> None:
         print(f"torch.compile ({c['model']}, {c.get('precision', 'bf16')} train step): {c['compile_seconds']:.0f} s to "
               f"compile, then "
               f"{c['compiled_img_per_s']:.0f} img/s against eager {c['eager_img_per_s']:.0f} ({c['speedup']:.2f}x)")
-    if "predict" in r:
-        pr = r["predict"]
+    for key in [k for k in r if k.split(":")[0] == "predict"]:
+        pr = r[key]
+        print(f"{key}: {pr.get('run', 'untrained')} {pr['model']}")
         fast = pr.get("fast", "bf16")
         for prec in ("fp32", fast):
             c, f = pr["cli"][prec], pr["floor"][prec]
@@ -402,7 +434,9 @@ def print_table(r: dict) -> None:
         if "baseline" in pr:
             b = pr["baseline"]
             print(f"predict of {b['src']}: {b['seconds']:.1f} s ({b['img_per_s']:.0f} img/s); {fast} now is "
-                  f"{pr['speedup_fast_over_baseline']:.2f}x that")
+                  f"{pr['speedup_fast_over_baseline']:.2f}x that"
+                  + (f" (medians of {b['rounds']} alternated runs: {', '.join(f'{x:.1f}' for x in b['seconds_each'])}"
+                     f" s then, {', '.join(f'{x:.1f}' for x in b['now_seconds_each'])} s now)" if "rounds" in b else ""))
 
 
 if __name__ == "__main__":

@@ -106,6 +106,19 @@ def test_ddp_default_model_trains_and_resumes(data, tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_minutes_agree_on_one_epoch_count(data, tmp_path):
+    """--minutes under torchrun: every process must train the count picked after the first epoch (from their mean
+    time), or one would wait for the others in a collective forever."""
+    two = tmp_path / "two"
+    done = torchrun(["train", "--data", data.root, "--out", two, "--batch-size", str(_batch_size(data)), "--model",
+                     "dieleman", "--minutes", "1e-6", "--schedule", "cosine", "--warmup-epochs", "1", "-q"],
+                    timeout=200)
+    assert [r["epoch"] for r in runs.read_metrics(two)] == [1, 2]
+    assert runs.read_config(two).epochs == 2
+    assert done.stdout.count("run folder:") == 1
+
+
+@pytest.mark.slow
 def test_torchrun_predict_equals_one_process(data, tmp_path):
     run = make_fake_run(tmp_path / "run", "gznet")
     single, multi = tmp_path / "single.csv", tmp_path / "multi.csv"

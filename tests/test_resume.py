@@ -143,3 +143,30 @@ def test_a_killed_embed_resumes_to_the_same_features(job, tmp_path):
     for suffix in (".npy", ".csv"):
         assert (tmp_path / f"killed{suffix}").read_bytes() == (tmp_path / f"whole{suffix}").read_bytes()
     assert not journal.exists()
+
+
+def test_the_journal_records_at_most_once_per_its_seconds_and_always_when_final(tmp_path, monkeypatch):
+    from gzmorph.inference.journal import Journal
+
+    def recorded(journal):
+        return json.loads(journal.path.read_text())
+
+    monkeypatch.setenv("GZMORPH_JOURNAL_SECONDS", "3600")
+    out = tmp_path / "a.csv"
+    journal = Journal.start(out, {"job": 1}, ["rows"])
+    assert journal.every == 3600 and recorded(journal)["done"] == 0  # the start is recorded
+    with open(journal.files["rows"], "ab") as f:
+        f.write(b"1,0.5\n")
+    journal.record(1, 1, [])  # not due: nothing is made durable, so nothing is claimed
+    assert recorded(journal)["done"] == 0 and recorded(journal)["offsets"]["rows"] == 0
+    # A resume now cuts the unrecorded row off and does its image again: the file and the journal agree.
+    again = Journal.start(out, {"job": 1}, ["rows"])
+    assert again.done == 0 and journal.files["rows"].read_bytes() == b""
+    with open(journal.files["rows"], "ab") as f:
+        f.write(b"1,0.5\n")
+    journal.record(1, 1, [], final=True)
+    assert recorded(journal)["done"] == 1 and recorded(journal)["offsets"]["rows"] == 6
+    monkeypatch.setenv("GZMORPH_JOURNAL_SECONDS", "0")
+    eager = Journal.start(tmp_path / "b.csv", {"job": 2}, ["rows"])
+    eager.record(5, 5, [])
+    assert recorded(eager)["done"] == 5

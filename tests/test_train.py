@@ -305,3 +305,38 @@ def test_init_from_a_run_takes_its_last_weights_where_it_trained_on_valid(synthe
     monkeypatch.setattr(runs, "load_model", recording)
     gzmorph.train(_cfg(synthetic_data, tmp_path / "next", epochs=1, init=str(base)), progress=False)
     assert (str(base), which) in asked
+
+
+def test_minutes_picks_the_epochs_after_the_first_and_the_count_repeats_the_run(synthetic_data, tmp_path, caplog):
+    from gzmorph.training.time_budget import epochs_for
+
+    assert epochs_for(15, 13.0, 1.0) == 69  # 900 s at 13 s an epoch
+    assert epochs_for(15, 38.0, 1.0) == 23
+    assert epochs_for(0.01, 38.0, 1.0) == 2  # never fewer than the warm-up and one epoch of decay
+    assert epochs_for(0.01, 38.0, 3.0) == 4
+    common = dict(epochs=None, schedule="cosine", warmup_epochs=1.0, augment="report")
+    # A budget far below one epoch: the floor, 2 epochs, decided after the first and saved with the run.
+    caplog.set_level("INFO", logger="gzmorph")
+    timed = gzmorph.train(_cfg(synthetic_data, tmp_path / "timed", minutes=1e-6, **common), progress=False)
+    assert "so this run trains 2 epochs" in caplog.text
+    assert runs.read_config(timed).epochs == 2 and runs.read_config(timed).minutes == 1e-6
+    assert len(runs.read_metrics(timed)) == 2
+    # The count it logged, given as --epochs, is the same run bit for bit: the first epoch's rates did not depend
+    # on the count (the warm-up covers it).
+    fixed = gzmorph.train(_cfg(synthetic_data, tmp_path / "fixed", **{**common, "epochs": 2}), progress=False)
+    wa, wb = load_file(timed / runs.LAST), load_file(fixed / runs.LAST)
+    assert all((wa[k] == wb[k]).all() for k in wa)
+    # ... and it resumes with its count (one more epoch asked for explicitly also works)
+    gzmorph.train(gzmorph.TrainConfig(data="", out=str(timed), epochs=3), resume=True, progress=False)
+    assert len(runs.read_metrics(timed)) == 3
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(minutes=5, epochs=3), "--epochs or --minutes, not both"),
+    (dict(minutes=5, epochs=None, schedule="cosine", warmup_epochs=0.5), "--warmup-epochs 1 or more"),
+    (dict(minutes=0, epochs=None), "positive number of minutes"),
+])
+def test_minutes_that_cannot_be_honoured_are_refused(synthetic_data, tmp_path, kw, message):
+    with pytest.raises(GzmorphError, match=message):
+        gzmorph.train(_cfg(synthetic_data, tmp_path / "r", **kw), progress=False)
+    assert not (tmp_path / "r" / runs.CHECKPOINT).exists()

@@ -75,6 +75,9 @@ class TrainConfig:
     model: str = knob("gznet", "a model from `gzmorph models`; gznet is the default, seed-cnn the report's CNN",
                       train_only=True)
     epochs: int | None = knob(None, "passes over the training split" + RECIPE)
+    minutes: float | None = knob(None, "instead of --epochs: train for about this many minutes, the epoch count picked "
+                                       "from the first epoch's time and saved in the run's config (decoding the "
+                                       "images into the cache beforehand is not counted)")
     batch_size: int | None = knob(None, "galaxies per optimizer step (the global batch under torchrun); without --lr, "
                                         "the model's rate scales with it" + RECIPE)
     lr: float | None = knob(None, "peak learning rate" + RECIPE)

@@ -157,7 +157,7 @@ def embed(run: str | Path | None, images: str | Path, out: str | Path = "feature
         journal.discard()
         raise BadData(f"none of the {len(paths)} images could be read; nothing was embedded")
     try:
-        journal.record(stream.done, n, stream.skipped)
+        journal.record(stream.done, n, stream.skipped, final=True)
         _write_npy(journal.files["rows"], npy, n, dim)
         replace_atomically(journal.files["csv"], table)
     except OSError as e:

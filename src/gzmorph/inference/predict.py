@@ -242,7 +242,7 @@ def predict(run: str | Path | None, images: str | Path, out: str | Path = "submi
             journal.discard()
             raise nothing_read()
         try:
-            journal.record(stream.done, done_before + stream.n_good, stream.skipped)
+            journal.record(stream.done, done_before + stream.n_good, stream.skipped, final=True)
             if separate_spread:
                 replace_atomically(journal.files["spread"], spread_out)
             replace_atomically(journal.files["rows"], out)

@@ -27,7 +27,7 @@ from ..data.labelled import (LabelledImages, describe, load_catalogue_splits, lo
                              masked_mean, without_questions)
 from ..data.layout import open_layout
 from ..data.soft_labels import add_soft_labels
-from ..errors import BadData, BadRun, GzmorphError, TrainingStopped
+from ..errors import BadArgument, BadData, BadRun, GzmorphError, TrainingStopped
 from ..fsio import atomic_write_json, ensure_writable_dir
 from ..inference.tta import predict_array
 from ..metrics import rmse
@@ -41,6 +41,7 @@ from .average import WeightAverage
 from .loss import masked_loss, task_loss
 from .schedule import learning_rate
 from .stop_signal import stop_on_sigterm
+from .time_budget import check_budget, epochs_for
 
 log = logging.getLogger("gzmorph")
 
@@ -63,11 +64,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     elif (run / runs.CHECKPOINT).exists():
         raise BadRun(f"{run} already holds a trained run; continue it with --resume {run}, or choose another --out")
     else:
+        if cfg.minutes is not None and cfg.epochs is not None:
+            raise BadArgument("give --epochs or --minutes, not both: --minutes picks the epoch count itself")
         cfg = _with_init_and_task(cfg)
     cluster = distributed.from_env()
     torch.set_num_threads(distributed.cpu_share(cluster, cfg.threads))
     device = distributed.pick_device(cluster, cfg.device)
     cfg = resolve_recipe(cfg, device.type)  # a GPU gets the model's large-batch recipe, saved with the run
+    check_budget(cfg)
     ensure_writable_dir(run)
     policy = resolve(cfg.precision, device)
     cfg = replace(cfg, precision=policy.name)  # saved resolved: a resumed run keeps the arithmetic it started with
@@ -130,7 +134,8 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster
                               on_device=keep_on_device(train_set, policy.device))
     saver = _Saver(cfg, run, parts, main)
     with stop_on_sigterm() as stop:
-        for epoch in range(state.epoch, cfg.epochs):
+        while state.epoch < cfg.epochs:  # (--minutes may set the count after the first epoch)
+            epoch = state.epoch
             started = time.perf_counter()
             loss_sum, sq_sum, known_sum = _train_epoch(cfg, epoch, model, parts, batches, cluster, policy, progress)
             trained = time.perf_counter()  # _train_epoch ends on a read of its sums: the device has finished
@@ -149,6 +154,10 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster
                 report = task_metrics.task_report(runs.task_of(cfg), valid_pred, cat.labels, cat.mask, train_mean)
                 row.update(task_metrics.epoch_scores(report))
                 summary = task_metrics.one_line(report)
+            if epoch == 0 and cfg.minutes is not None:
+                cfg = _fit_to_minutes(cfg, row["seconds"], cluster, policy)
+                if main:
+                    runs.write_config(run, cfg, policy.describe())
             _record(cfg, state, row, saver, main, summary)
             stopping = stop.agreed(cluster, policy.device)
             if stopping or state.stopped_early or state.epoch >= cfg.epochs or saver.due():
@@ -167,6 +176,19 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster
         _report_held_out(cfg, run, valid_set, train_mean, policy, state.best_epoch)
     distributed.barrier(cluster)  # nobody returns (and reads the run) before rank 0 has written it
     return run
+
+
+def _fit_to_minutes(cfg: TrainConfig, seconds: float, cluster: distributed.Cluster, policy: Policy) -> TrainConfig:
+    """The run's epoch count for its --minutes, from its first epoch's seconds (under torchrun, the processes'
+    mean: all of them must train the same epochs)."""
+    if cluster.enabled:
+        mine = torch.tensor([seconds], dtype=torch.float64, device=policy.device)
+        seconds = distributed.all_sum(cluster, mine).item() / cluster.world
+    epochs = epochs_for(cfg.minutes, seconds, cfg.warmup_epochs)
+    if cluster.is_main:
+        log.info("--minutes %g: the first epoch took %.1f s, so this run trains %d epochs (saved in its config; "
+                 "`--epochs %d` repeats it)", cfg.minutes, seconds, epochs, epochs)
+    return replace(cfg, epochs=epochs)
 
 
 def _load_data(cfg: TrainConfig, cluster: distributed.Cluster, policy: Policy, progress: bool
