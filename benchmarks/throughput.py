@@ -345,6 +345,9 @@ def main() -> None:
     p.add_argument("--baseline", type=Path, help="the src/ folder of an earlier gzmorph (e.g. a worktree of v0.1): "
                                                  "its `predict` is timed on the same files, in the same run")
     args = p.parse_args()
+    if args.run and args.baseline:
+        p.error("--baseline times an earlier gzmorph on an untrained --model: leave out --run (the two sides would "
+                "be different models)")
     data, device = Path(args.data), pick_device(args.device)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     spec = get_spec(args.model)

@@ -310,10 +310,14 @@ def test_init_from_a_run_takes_its_last_weights_where_it_trained_on_valid(synthe
 def test_minutes_picks_the_epochs_after_the_first_and_the_count_repeats_the_run(synthetic_data, tmp_path, caplog):
     from gzmorph.training.time_budget import epochs_for
 
-    assert epochs_for(15, 13.0, 1.0) == 69  # 900 s at 13 s an epoch
-    assert epochs_for(15, 38.0, 1.0) == 23
-    assert epochs_for(0.01, 38.0, 1.0) == 2  # never fewer than the warm-up and one epoch of decay
-    assert epochs_for(0.01, 38.0, 3.0) == 4
+    from gzmorph.training.time_budget import fewest_epochs
+
+    assert epochs_for(15, 13.0, 2) == 69  # 900 s at 13 s an epoch
+    assert epochs_for(15, 38.0, 2) == 23
+    assert epochs_for(0.01, 38.0, 2) == 2  # never fewer than the fewest
+    # the fewest: past the warm-up, and past fine-tuning's head-only epochs (else the backbone never trains)
+    assert fewest_epochs(gzmorph.TrainConfig(warmup_epochs=3.0, head_epochs=0)) == 4
+    assert fewest_epochs(gzmorph.TrainConfig(warmup_epochs=1.0, head_epochs=2)) == 3
     common = dict(epochs=None, schedule="cosine", warmup_epochs=1.0, augment="report")
     # A budget far below one epoch: the floor, 2 epochs, decided after the first and saved with the run.
     caplog.set_level("INFO", logger="gzmorph")
@@ -335,6 +339,7 @@ def test_minutes_picks_the_epochs_after_the_first_and_the_count_repeats_the_run(
     (dict(minutes=5, epochs=3), "--epochs or --minutes, not both"),
     (dict(minutes=5, epochs=None, schedule="cosine", warmup_epochs=0.5), "--warmup-epochs 1 or more"),
     (dict(minutes=0, epochs=None), "positive number of minutes"),
+    (dict(minutes=float("inf"), epochs=None), "positive number of minutes"),
 ])
 def test_minutes_that_cannot_be_honoured_are_refused(synthetic_data, tmp_path, kw, message):
     with pytest.raises(GzmorphError, match=message):

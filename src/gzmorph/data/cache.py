@@ -27,7 +27,7 @@ from .images import Preprocess
 log = logging.getLogger("gzmorph")
 
 # Bump when decoding changes, so old caches are not reused.
-DECODE_VERSION = 1
+DECODE_VERSION = 2  # 2: a picture whose 64 px crop is one value is refused as blank (it was the whole picture)
 
 
 def default_cache_dir() -> Path:

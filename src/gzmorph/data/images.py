@@ -69,7 +69,8 @@ def _name(path: str | Path) -> str:
     """``Path(path).name`` without building a Path (a job lists millions of files, and this runs three times for
     each: Python 3.11's Path construction was most of the time `predict` spent reading a list of files)."""
     text = os.fspath(path)
-    return os.path.basename(text) or Path(text).name  # (a trailing separator: Path's rules)
+    base = os.path.basename(text)
+    return base if base not in ("", ".") else Path(text).name  # ("a/" and "a/.": Path's rules)
 
 
 # What each Pillow mode (``PIL.Image.MODES``, all 20 of Pillow 13) becomes: (rule, why). Pillow reads 16-bit RGB(A)

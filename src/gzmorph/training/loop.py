@@ -41,7 +41,7 @@ from .average import WeightAverage
 from .loss import masked_loss, task_loss
 from .schedule import learning_rate
 from .stop_signal import stop_on_sigterm
-from .time_budget import check_budget, epochs_for
+from .time_budget import check_budget, epochs_for, fewest_epochs
 
 log = logging.getLogger("gzmorph")
 
@@ -114,6 +114,8 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, cluster: distributed.Cluster
     train_set, valid_set = _load_data(cfg, cluster, policy, progress)
     if cfg.epochs is None:  # a fine-tuning recipe: long enough in optimizer steps, whatever the number of labels
         cfg = replace(cfg, epochs=max(10, math.ceil(MIN_FINETUNE_STEPS / math.ceil(len(train_set) / cfg.batch_size))))
+    if cfg.minutes is not None and not resume:  # a count the pick cannot go below: epoch 1's rates do not depend on it
+        cfg = replace(cfg, epochs=max(cfg.epochs, fewest_epochs(cfg)))
     parts = build_parts(cfg, policy, resume)
     state = _start(cfg, run, parts, train_set, resume, main)
     # What a model that learnt nothing would answer: each task column is scored beside it every epoch.
@@ -184,7 +186,7 @@ def _fit_to_minutes(cfg: TrainConfig, seconds: float, cluster: distributed.Clust
     if cluster.enabled:
         mine = torch.tensor([seconds], dtype=torch.float64, device=policy.device)
         seconds = distributed.all_sum(cluster, mine).item() / cluster.world
-    epochs = epochs_for(cfg.minutes, seconds, cfg.warmup_epochs)
+    epochs = epochs_for(cfg.minutes, seconds, fewest_epochs(cfg))
     if cluster.is_main:
         log.info("--minutes %g: the first epoch took %.1f s, so this run trains %d epochs (saved in its config; "
                  "`--epochs %d` repeats it)", cfg.minutes, seconds, epochs, epochs)

@@ -19,7 +19,7 @@ def check_budget(cfg: TrainConfig) -> None:
     """Refuse a budget the loop cannot honour (the recipe resolved)."""
     if cfg.minutes is None:
         return
-    if not cfg.minutes > 0:
+    if not (cfg.minutes > 0 and math.isfinite(cfg.minutes)):
         raise BadArgument(f"--minutes must be a positive number of minutes, got {cfg.minutes}")
     if cfg.schedule != "constant" and cfg.warmup_epochs < 1:
         raise BadArgument(f"--minutes picks the epoch count after the first epoch, so that epoch's learning rate must "
@@ -27,8 +27,16 @@ def check_budget(cfg: TrainConfig) -> None:
                           f"--schedule constant")
 
 
-def epochs_for(minutes: float, first_epoch_seconds: float, warmup_epochs: float) -> int:
+def fewest_epochs(cfg: TrainConfig) -> int:
+    """The shortest run a budget may pick: past the warm-up (the first epoch ran warm-up rates that a decay is meant
+    to follow, and a count inside the warm-up would have shortened it) and past fine-tuning's head-only epochs (a run
+    of those alone would never train the backbone). Also the count a --minutes run starts with, so its first epoch's
+    rates are those of any count it may pick."""
+    return max(math.ceil(cfg.warmup_epochs), cfg.head_epochs or 0) + 1
+
+
+def epochs_for(minutes: float, first_epoch_seconds: float, fewest: int) -> int:
     """Epochs that fit ``minutes`` at the first epoch's pace (its validation included: every epoch validates), and
-    never fewer than the warm-up plus one -- the first epoch ran warm-up rates that a decay is meant to follow."""
+    never fewer than ``fewest``."""
     fit = math.floor(minutes * 60 / max(first_epoch_seconds, 1e-9))
-    return max(fit, math.ceil(warmup_epochs) + 1)
+    return max(fit, fewest)
