@@ -170,3 +170,8 @@ def test_the_journal_records_at_most_once_per_its_seconds_and_always_when_final(
     eager = Journal.start(tmp_path / "b.csv", {"job": 2}, ["rows"])
     eager.record(5, 5, [])
     assert recorded(eager)["done"] == 5
+    from gzmorph.errors import GzmorphError
+
+    monkeypatch.setenv("GZMORPH_JOURNAL_SECONDS", "soon")
+    with pytest.raises(GzmorphError, match="GZMORPH_JOURNAL_SECONDS"):
+        Journal.start(tmp_path / "c.csv", {"job": 3}, ["rows"])

@@ -28,6 +28,17 @@ from ..fsio import atomic_write_json
 log = logging.getLogger("gzmorph")
 
 
+def _seconds_from_environment() -> float:
+    text = os.environ.get("GZMORPH_JOURNAL_SECONDS", "1")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise BadArgument(f"GZMORPH_JOURNAL_SECONDS must be 0 (record every chunk) or more seconds, got {text!r}")
+    return seconds
+
+
 def partial_path(out: Path, part: str = "") -> Path:
     """Where a job writing ``out`` keeps its rows until it is complete (hidden, beside ``out``)."""
     return out.with_name(f".{out.name}{part}.partial")
@@ -47,7 +58,7 @@ class Journal:
     offsets: dict[str, int] = field(default_factory=dict)  # bytes of each file as of the last record
     extra: dict = field(default_factory=dict)  # what else the caller needs to resume (e.g. a feature width)
     # seconds between durable records; GZMORPH_JOURNAL_SECONDS=0 records after every chunk
-    every: float = field(default_factory=lambda: float(os.environ.get("GZMORPH_JOURNAL_SECONDS", "1")))
+    every: float = field(default_factory=lambda: _seconds_from_environment())
     _recorded_at: float = field(default=float("-inf"), repr=False)
 
     @property

@@ -27,7 +27,7 @@ from ..data.labelled import (LabelledImages, describe, load_catalogue_splits, lo
                              masked_mean, without_questions)
 from ..data.layout import open_layout
 from ..data.soft_labels import add_soft_labels
-from ..errors import BadArgument, BadData, BadRun, GzmorphError, TrainingStopped
+from ..errors import BadData, BadRun, GzmorphError, TrainingStopped
 from ..fsio import atomic_write_json, ensure_writable_dir
 from ..inference.tta import predict_array
 from ..metrics import rmse
@@ -41,7 +41,7 @@ from .average import WeightAverage
 from .loss import masked_loss, task_loss
 from .schedule import learning_rate
 from .stop_signal import stop_on_sigterm
-from .time_budget import check_budget, epochs_for, fewest_epochs
+from .time_budget import check_budget, check_request, epochs_for, fewest_epochs
 
 log = logging.getLogger("gzmorph")
 
@@ -64,8 +64,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     elif (run / runs.CHECKPOINT).exists():
         raise BadRun(f"{run} already holds a trained run; continue it with --resume {run}, or choose another --out")
     else:
-        if cfg.minutes is not None and cfg.epochs is not None:
-            raise BadArgument("give --epochs or --minutes, not both: --minutes picks the epoch count itself")
+        check_request(cfg)
         cfg = _with_init_and_task(cfg)
     cluster = distributed.from_env()
     torch.set_num_threads(distributed.cpu_share(cluster, cfg.threads))

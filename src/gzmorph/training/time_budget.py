@@ -15,6 +15,12 @@ from ..config import TrainConfig
 from ..errors import BadArgument
 
 
+def check_request(cfg: TrainConfig) -> None:
+    """Refuse a new run that asks for both a budget and a count (the recipe not yet resolved)."""
+    if cfg.minutes is not None and cfg.epochs is not None:
+        raise BadArgument("give --epochs or --minutes, not both: --minutes picks the epoch count itself")
+
+
 def check_budget(cfg: TrainConfig) -> None:
     """Refuse a budget the loop cannot honour (the recipe resolved)."""
     if cfg.minutes is None:
